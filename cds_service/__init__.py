@@ -1,0 +1,61 @@
+"""Liquid-biopsy CDS Hooks service (MP 2.267). ``create_app`` builds the Flask application."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask_cors import CORS
+
+from cds_service.config import load_settings
+from cds_service.knowledge import load_knowledge
+from cds_service.pipeline import Engine, utc_today
+from cds_service.services import service_specs
+from cds_service.store import Store, make_engine
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: settings, knowledge (loaded and checked once), store, blueprints.
+
+    A broken knowledge artifact raises ``KnowledgeError`` here, so the service never starts with it.
+    """
+    app = Flask(__name__, instance_relative_config=True)
+    settings = load_settings(config)
+    app.config.update(settings)
+
+    knowledge = load_knowledge(Path(settings["KNOWLEDGE_DIR"]) if settings["KNOWLEDGE_DIR"] else None,
+                               settings["CANONICAL_BASE"] or None)
+
+    url = settings["DATABASE_URL"]
+    if not url:
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{Path(app.instance_path) / 'cds.sqlite3'}"
+    store = Store(make_engine(url))
+    store.create_schema()
+
+    pinned = date.fromisoformat(settings["TODAY"]) if settings["TODAY"] else None
+    keywords = tuple(k.strip() for k in settings["PLAN_MATCH_KEYWORDS"].split(",") if k.strip()) \
+        or knowledge.plan_match_keywords
+    app.extensions["cds_engine"] = Engine(
+        knowledge=knowledge,
+        store=store,
+        services=service_specs(knowledge),
+        payer_label=settings["PAYER_NAME"] or knowledge.publisher,
+        plan_keywords=keywords,
+        today=(lambda: pinned) if pinned else utc_today,  # type: ignore[return-value]
+    )
+
+    CORS(app, origins=[o.strip() for o in settings["CORS_ORIGINS"].split(",")],
+         allow_headers=["authorization", "content-type"], max_age=3600)
+
+    from cds_service.web import errors, hooks
+
+    errors.register(app)
+    app.register_blueprint(hooks.bp)
+    return app
+
+
+__all__ = ["create_app"]

@@ -1,0 +1,63 @@
+"""Settings: defaults, then ``CDS_*`` environment variables, then the mapping given to create_app.
+
+Every setting is documented in the README's configuration table; ``SETTINGS`` is that table's source.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    kind: type
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("KNOWLEDGE_DIR", "", str, "Folder of the FHIR knowledge artifacts (default: the repository's fhir_profiles/)."),
+    Setting("CANONICAL_BASE", "", str, "Canonical URL base to publish the artifacts under (default: as written in the files)."),
+    Setting("DATABASE_URL", "", str, "SQLAlchemy URL of the store (default: SQLite file cds.sqlite3 in the instance folder)."),
+    Setting("PAYER_NAME", "", str, "Card source label (default: the policy's publisher, Capital Blue Cross)."),
+    Setting("PLAN_MATCH_KEYWORDS", "", str, "Comma-separated words marking a plan with its own policy manual (default: from the PlanDefinition: FEP, Federal Employee Program)."),
+    Setting("PUBLIC_BASE_URL", "", str, "The service's public base URL when behind a proxy (used for absolute links and JWT aud)."),
+    Setting("TODAY", "", str, "Pin 'today' (YYYY-MM-DD) for demos and tests; default: the current UTC date."),
+    Setting("MAX_CONTENT_LENGTH", 1024 * 1024, int, "Largest accepted request body in bytes (larger: 413)."),
+    Setting("CORS_ORIGINS", "*", str, "Comma-separated origins allowed to call from a browser."),
+)
+
+
+def _coerce(setting: Setting, value: Any) -> Any:
+    if setting.kind is int:
+        return int(value)
+    return str(value) if value is not None else ""
+
+
+def load_settings(mapping: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    environ = os.environ if environ is None else environ
+    mapping = mapping or {}
+    out: dict[str, Any] = {}
+    for s in SETTINGS:
+        value: Any = s.default
+        if f"CDS_{s.name}" in environ:
+            value = environ[f"CDS_{s.name}"]
+        if s.name in mapping:
+            value = mapping[s.name]
+        try:
+            out[s.name] = _coerce(s, value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"setting {s.name}: {value!r} is not a valid {s.kind.__name__}") from exc
+    if out["TODAY"]:
+        try:
+            date.fromisoformat(out["TODAY"])
+        except ValueError as exc:
+            raise ValueError(f"setting TODAY: {out['TODAY']!r} is not a date (YYYY-MM-DD)") from exc
+    # Flask's own and extra keys from the mapping pass through (e.g. TESTING).
+    out.update({k: v for k, v in mapping.items() if k not in out})
+    return out

@@ -1,0 +1,19 @@
+"""The decision core: pure rules over plain values (no Flask, no I/O)."""
+
+from cds_service.decision.model import (
+    Assertion,
+    CoverageFacts,
+    CoverageStatus,
+    Covered,
+    Decision,
+    Order,
+    OrderDecision,
+    Outcome,
+    PlanCoverage,
+)
+from cds_service.decision.rules import decide
+
+__all__ = [
+    "Assertion", "CoverageFacts", "CoverageStatus", "Covered", "Decision", "Order", "OrderDecision",
+    "Outcome", "PlanCoverage", "decide",
+]

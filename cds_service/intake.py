@@ -1,0 +1,255 @@
+"""Turn a CDS Hooks request body into the decision core's inputs (pure: no I/O).
+
+Everything a client can get wrong is reported as ``RequestError`` (rendered as a 400
+OperationOutcome by the web layer); everything the specification says to ignore is ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from fhir.resources.R4B.servicerequest import ServiceRequest
+from pydantic import ValidationError
+
+from cds_service.decision import CoverageFacts, CoverageStatus, Order, PlanCoverage
+from cds_service.knowledge import Knowledge
+
+
+class RequestError(Exception):
+    """The request cannot be processed; ``expression`` points at the offending element."""
+
+    def __init__(self, message: str, expression: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.expression = expression
+        self.status = status
+
+
+@dataclass(frozen=True)
+class HookCall:
+    hook: str
+    hook_instance: str
+    context: dict[str, Any]
+    orders: tuple[Order, ...]
+    prefetch: dict[str, Any]
+    fhir_server: str | None
+    fhir_authorization: dict[str, Any] | None
+    configuration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def patient_id(self) -> str | None:
+        pid = self.context.get("patientId")
+        return pid if isinstance(pid, str) and pid else None
+
+
+def parse_hook_call(body: Any, expected_hook: str, knowledge: Knowledge, today: date) -> HookCall:
+    if not isinstance(body, dict):
+        raise RequestError("The request body must be a JSON object", "$")
+    hook = body.get("hook")
+    if not isinstance(hook, str) or not hook:
+        raise RequestError("Missing required field 'hook'", "hook")
+    if hook != expected_hook:
+        raise RequestError(f"This service answers the '{expected_hook}' hook, not '{hook}'", "hook")
+    instance = body.get("hookInstance")
+    if not isinstance(instance, str) or not instance.strip():
+        raise RequestError("Missing required field 'hookInstance'", "hookInstance")
+    context = body.get("context")
+    if not isinstance(context, dict):
+        raise RequestError("Missing required object 'context'", "context")
+    fhir_server = body.get("fhirServer")
+    if fhir_server is not None and not isinstance(fhir_server, str):
+        raise RequestError("'fhirServer' must be a URL string", "fhirServer")
+    fhir_auth = body.get("fhirAuthorization")
+    if fhir_auth is not None and not isinstance(fhir_auth, dict):
+        raise RequestError("'fhirAuthorization' must be an object", "fhirAuthorization")
+    prefetch = body.get("prefetch") or {}
+    if not isinstance(prefetch, dict):
+        raise RequestError("'prefetch' must be an object", "prefetch")
+    extension = body.get("extension") if isinstance(body.get("extension"), dict) else {}
+    configuration = extension.get("davinci-crd.configuration")
+
+    bundle = context.get("draftOrders")
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise RequestError("'context.draftOrders' must be a FHIR Bundle", "context.draftOrders")
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise RequestError("'context.draftOrders.entry' must be a list", "context.draftOrders.entry")
+
+    selections = context.get("selections") if hook == "order-select" else None
+    if selections is not None and not (isinstance(selections, list) and all(isinstance(s, str) for s in selections)):
+        raise RequestError("'context.selections' must be a list of references", "context.selections")
+    selected = {s.strip() for s in selections} if selections else None
+
+    conditions = ConditionIndex(entries, prefetch)
+    orders = []
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or resource.get("resourceType") != "ServiceRequest":
+            continue  # other resource types are passed over silently
+        where = f"context.draftOrders.entry[{i}].resource"
+        _validate_service_request(resource, where)
+        order = to_order(resource, knowledge, today, conditions)
+        if selected is None or order.reference in selected:
+            orders.append(order)
+
+    return HookCall(hook, instance, context, tuple(orders), prefetch, fhir_server, fhir_auth,
+                    configuration if isinstance(configuration, dict) else {})
+
+
+def _validate_service_request(resource: dict[str, Any], where: str) -> None:
+    # Codes are compared ignoring surrounding whitespace, so validate them that way too.
+    code = resource.get("code")
+    if isinstance(code, dict) and isinstance(code.get("coding"), list):
+        codings = [{**c, "code": c["code"].strip()} if isinstance(c, dict) and isinstance(c.get("code"), str)
+                   else c for c in code["coding"]]
+        resource = {**resource, "code": {**code, "coding": codings}}
+    try:
+        ServiceRequest.model_validate(resource)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first.get("loc", ()))
+        raise RequestError(f"Invalid ServiceRequest: {path.lstrip('.')}: {first.get('msg')}", where + path) from exc
+
+
+# ---------------------------------------------------------------- orders
+
+
+def to_order(resource: dict[str, Any], knowledge: Knowledge, today: date,
+             conditions: ConditionIndex | None = None) -> Order:
+    code = resource.get("code") or {}
+    codings = [c for c in code.get("coding") or [] if isinstance(c, dict)]
+    codes = tuple(dict.fromkeys(
+        str(c["code"]).strip().upper() for c in codings
+        if c.get("code") and str(c.get("system", "")).strip() in knowledge.code_systems_accepted))
+    text = " ".join(filter(None, [code.get("text"), *(c.get("display") for c in codings)])).lower()
+    day, basis = date_of_service(resource, today)
+
+    reasons = [cc for cc in resource.get("reasonCode") or [] if isinstance(cc, dict)]
+    reason_codings = [c for cc in reasons for c in cc.get("coding") or [] if isinstance(c, dict)]
+    for ref in resource.get("reasonReference") or []:
+        if isinstance(ref, dict) and conditions is not None:
+            reason_codings += conditions.codings(ref.get("reference"), resource)
+    categories = frozenset(
+        icd10_category(c["code"]) for c in reason_codings
+        if c.get("system") == knowledge.icd10_system and c.get("code"))
+    purpose_codings = reason_codings + [c for cc in resource.get("category") or [] if isinstance(cc, dict)
+                                        for c in cc.get("coding") or [] if isinstance(c, dict)]
+    purposes = frozenset(str(c.get("code")).strip() for c in purpose_codings
+                         if c.get("system") == knowledge.purpose_system and c.get("code"))
+    rid = resource.get("id")
+    return Order(f"ServiceRequest/{rid}" if rid else "ServiceRequest", codes, text, day, basis,
+                 categories, purposes, resource)
+
+
+DATE_SOURCES = (
+    ("occurrenceDateTime", "the order's occurrenceDateTime"),
+    ("occurrencePeriod.start", "the start of the order's occurrencePeriod"),
+    ("occurrenceTiming.event", "the first event of the order's occurrenceTiming"),
+    ("authoredOn", "the date the order was authored (no date of service on the order)"),
+)
+
+
+def date_of_service(resource: dict[str, Any], today: date) -> tuple[date, str]:
+    """The date every rule is judged at, and in words where it came from."""
+    period = resource.get("occurrencePeriod") or {}
+    events = (resource.get("occurrenceTiming") or {}).get("event") or []
+    values = (resource.get("occurrenceDateTime"), period.get("start"), events[0] if events else None,
+              resource.get("authoredOn"))
+    for value, (_, words) in zip(values, DATE_SOURCES, strict=True):
+        if isinstance(value, str) and (day := fhir_date(value)) is not None:
+            return day, words
+    return today, "today's date (the order has no date of service)"
+
+
+def fhir_date(value: str) -> date | None:
+    """The calendar date of a FHIR date/dateTime as written (local to the sender); partial dates
+    (YYYY or YYYY-MM) are taken at their first day."""
+    head = value.strip()[:10]
+    for candidate in (head, head[:7] + "-01", head[:4] + "-01-01"):
+        try:
+            return date.fromisoformat(candidate)
+        except ValueError:
+            continue
+    return None
+
+
+def icd10_category(code: str) -> str:
+    return str(code).strip().upper().replace(".", "")[:3]
+
+
+class ConditionIndex:
+    """Conditions an order's reasonReference may point at: in draftOrders, in prefetch, or contained."""
+
+    def __init__(self, entries: list[Any], prefetch: dict[str, Any]) -> None:
+        self.by_ref: dict[str, dict[str, Any]] = {}
+        for res in _resources(entries, prefetch):
+            if res.get("resourceType") == "Condition" and res.get("id"):
+                self.by_ref[f"Condition/{res['id']}"] = res
+
+    def codings(self, reference: Any, order: dict[str, Any]) -> list[dict[str, Any]]:
+        if not isinstance(reference, str):
+            return []
+        if reference.startswith("#"):
+            target = next((c for c in order.get("contained") or []
+                           if isinstance(c, dict) and c.get("id") == reference[1:]), None)
+        else:
+            target = self.by_ref.get("/".join(reference.rstrip("/").split("/")[-2:]))
+        if not isinstance(target, dict):
+            return []
+        return [c for c in (target.get("code") or {}).get("coding") or [] if isinstance(c, dict)]
+
+    def categories(self, system: str) -> frozenset[str]:
+        return frozenset(icd10_category(c["code"]) for cond in self.by_ref.values()
+                         for c in (cond.get("code") or {}).get("coding") or []
+                         if isinstance(c, dict) and c.get("system") == system and c.get("code"))
+
+
+def _resources(entries: list[Any], prefetch: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for e in entries:
+        if isinstance(e, dict) and isinstance(e.get("resource"), dict):
+            yield e["resource"]
+    for value in prefetch.values():
+        if isinstance(value, dict):
+            if value.get("resourceType") == "Bundle":
+                for e in value.get("entry") or []:
+                    if isinstance(e, dict) and isinstance(e.get("resource"), dict):
+                        yield e["resource"]
+            else:
+                yield value
+
+
+# ---------------------------------------------------------------- coverage
+
+
+def coverage_from_prefetch(value: Any) -> CoverageFacts | None:
+    """Coverage facts from a prefetch value, or None when it must be fetched (missing, null, error)."""
+    if not isinstance(value, dict):
+        return None
+    if value.get("resourceType") == "Coverage":
+        resources = [value]
+    elif value.get("resourceType") == "Bundle":
+        resources = [e.get("resource") for e in value.get("entry") or [] if isinstance(e, dict)]
+    else:  # OperationOutcome or anything else: the client could not get it
+        return None
+    return coverage_facts(resources)
+
+
+def coverage_facts(resources: list[Any]) -> CoverageFacts:
+    active = tuple(plan_coverage(r) for r in resources
+                   if isinstance(r, dict) and r.get("resourceType") == "Coverage" and r.get("status") == "active")
+    return CoverageFacts(CoverageStatus.FOUND if active else CoverageStatus.NONE, active)
+
+
+def plan_coverage(resource: dict[str, Any]) -> PlanCoverage:
+    descriptors: list[str] = []
+    for cls in resource.get("class") or []:
+        if isinstance(cls, dict):
+            descriptors += [str(cls[k]) for k in ("value", "name") if cls.get(k)]
+    for payor in resource.get("payor") or []:
+        if isinstance(payor, dict) and payor.get("display"):
+            descriptors.append(str(payor["display"]))
+    rid = resource.get("id")
+    return PlanCoverage(f"Coverage/{rid}" if rid else "Coverage", tuple(descriptors))

@@ -1,0 +1,41 @@
+"""Every error leaves as a FHIR OperationOutcome with the right status; never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+ISSUE_CODE_BY_STATUS = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
+                        413: "too-long", 415: "not-supported", 422: "processing", 503: "transient"}
+
+
+def operation_outcome(status: int, message: str, expression: str | None = None) -> Response:
+    issue: dict[str, Any] = {"severity": "error" if status < 500 else "fatal",
+                             "code": ISSUE_CODE_BY_STATUS.get(status, "exception"), "diagnostics": message}
+    if expression:
+        issue["expression"] = [expression]
+    body = {"resourceType": "OperationOutcome", "issue": [issue]}
+    return Response(orjson.dumps(body), status=status, mimetype="application/fhir+json")
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        messages = {404: "No such endpoint", 405: "Method not allowed on this endpoint",
+                    413: f"Request body larger than {app.config['MAX_CONTENT_LENGTH']} bytes"}
+        code = exc.code or 500
+        resp = operation_outcome(code, messages.get(code, exc.description or exc.name))
+        if code == 405 and exc.get_response().headers.get("Allow"):
+            resp.headers["Allow"] = exc.get_response().headers["Allow"]
+        return resp
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return operation_outcome(500, "Internal error; it has been logged")
