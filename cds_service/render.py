@@ -53,7 +53,7 @@ def render(decision: Decision, knowledge: Knowledge, options: RenderOptions) -> 
     if decision.no_active_coverage:
         codes = ", ".join(sorted({od.code or od.order.reference for od in decision.orders}))
         cards.append(_card("no-active-coverage", knowledge, options, [knowledge.policy_link],
-                           {"codes": codes, "payer": options.payer_label}))
+                           {"codes": codes}))
     cards = [c for c in cards if c["source"]["topic"]["code"] not in options.disabled_card_types]
 
     actions: list[dict[str, Any]] = []
@@ -117,9 +117,9 @@ def _order_cards(od: OrderDecision, decision: Decision, knowledge: Knowledge,
 def _card(action_id: str, knowledge: Knowledge, options: RenderOptions, links: list[Link],
           values: dict[str, str], extra: Iterable[str] = ()) -> dict[str, Any]:
     template = knowledge.templates[action_id]
-    fill = _Fill(policy=knowledge.policy_label, policy_title=knowledge.policy_title,
-                 retirement_date=knowledge.retirement.isoformat(), successor=knowledge.successor.label,
-                 payer=options.payer_label, **values)
+    fill = _Fill({"policy": knowledge.policy_label, "policy_title": knowledge.policy_title,
+                  "retirement_date": knowledge.retirement.isoformat(), "successor": knowledge.successor.label,
+                  "payer": options.payer_label, **values})
     summary = template.summary.format_map(fill)
     if len(summary) > SUMMARY_LIMIT:
         summary = summary[: SUMMARY_LIMIT - 1].rstrip() + "…"

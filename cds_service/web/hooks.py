@@ -65,4 +65,4 @@ def coverage_assertion(assertion_id: str) -> Response:
     row = _engine().store.assertion(assertion_id)
     if row is None:
         return operation_outcome(404, f"No coverage assertion with id '{assertion_id}'")
-    return _json({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()})
+    return _json({str(k): (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()})

@@ -1,0 +1,183 @@
+"""Command line: ``python -m cds_service serve | evaluate | artifacts check|bundle|publish``."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cds_service.knowledge import DEFAULT_DIR, KnowledgeError
+
+log = logging.getLogger("cds_service")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(info[4][0]).is_loopback
+                       for info in socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from werkzeug.serving import run_simple
+
+    from cds_service import create_app
+
+    if not is_loopback(args.host) and not args.allow_unauthenticated:
+        print(f"error: refusing to serve without client authentication on {args.host}; bind to 127.0.0.1, or "
+              "pass --allow-unauthenticated to accept calls from any client", file=sys.stderr)
+        return 2
+    if not is_loopback(args.host):
+        log.warning("serving WITHOUT client authentication on %s: any client that can reach it may call it",
+                    args.host)
+    try:
+        app = create_app()
+    except (KnowledgeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Liquid-biopsy CDS service on http://{args.host}:{args.port}/cds-services", file=sys.stderr)
+    run_simple(args.host, args.port, app, threaded=True)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cds_service import create_app
+
+    try:
+        text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot read {args.request}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        body: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        print(f"error: {args.request} is not valid JSON ({exc.msg} at line {exc.lineno})", file=sys.stderr)
+        return 1
+    try:
+        app = create_app()
+    except (KnowledgeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    services = app.extensions["cds_engine"].services
+    hook = body.get("hook") if isinstance(body, dict) else None
+    service_id = args.service or next((s.id for s in services.values() if s.hook == hook), None)
+    if service_id is None:
+        print(f"error: no service answers hook {hook!r}; the request needs 'hook' of "
+              f"{sorted({s.hook for s in services.values()})}", file=sys.stderr)
+        return 1
+    response = app.test_client().post(f"/cds-services/{service_id}", data=text.encode(),
+                                      content_type="application/json")
+    if response.status_code != 200:
+        issues = (response.get_json(silent=True) or {}).get("issue", [{}])
+        print(f"error: {response.status_code}: " + "; ".join(
+            f"{i.get('diagnostics')} (at {', '.join(i.get('expression', []))})" if i.get("expression")
+            else str(i.get("diagnostics")) for i in issues), file=sys.stderr)
+        return 1
+    sys.stdout.write(response.get_data(as_text=True) + "\n")
+    return 0
+
+
+def cmd_artifacts_check(args: argparse.Namespace) -> int:
+    from cds_service.knowledge.check import check_artifacts
+
+    problems = check_artifacts(Path(args.dir))
+    for p in problems:
+        print(f"problem: {p}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.dir}", file=sys.stderr)
+        return 1
+    count = len(list(Path(args.dir).glob("*.json")))
+    examples = len(list((Path(args.dir) / "examples").glob("*.json")))
+    print(f"ok: {count} artifacts and {examples} examples in {args.dir} are valid and consistent")
+    return 0
+
+
+def _artifacts(args: argparse.Namespace) -> list[Any]:
+    from cds_service.knowledge.loader import read_artifacts
+
+    return read_artifacts(Path(args.dir), args.canonical_base)
+
+
+def cmd_artifacts_bundle(args: argparse.Namespace) -> int:
+    from cds_service.knowledge.publish import transaction_bundle
+
+    try:
+        bundle = transaction_bundle(_artifacts(args))
+    except KnowledgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    data = orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n"
+    if args.out == "-":
+        sys.stdout.buffer.write(data)
+    else:
+        Path(args.out).write_bytes(data)
+        print(f"wrote {len(bundle['entry'])} resources to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_artifacts_publish(args: argparse.Namespace) -> int:
+    from cds_service.knowledge.publish import PublishError, publish
+
+    try:
+        results = publish(_artifacts(args), args.fhir_server, args.token)
+    except (KnowledgeError, PublishError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for r in results:
+        print(f"{r.outcome:8} {r.reference}")
+    print(f"published {len(results)} artifacts to {args.fhir_server}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cds_service", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service (embedded SQLite store)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--allow-unauthenticated", action="store_true",
+                       help="allow serving on a non-loopback address without client authentication")
+    serve.set_defaults(func=cmd_serve)
+
+    evaluate = sub.add_parser("evaluate", help="answer one CDS Hooks request from a file (or - for stdin)")
+    evaluate.add_argument("request")
+    evaluate.add_argument("--service", help="service id (default: chosen by the request's hook)")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    artifacts = sub.add_parser("artifacts", help="check, bundle or publish the FHIR knowledge artifacts")
+    asub = artifacts.add_subparsers(dest="artifacts_command", required=True)
+    for name, func, help_text in (
+        ("check", cmd_artifacts_check, "validate every artifact and example"),
+        ("bundle", cmd_artifacts_bundle, "write a FHIR transaction Bundle of the artifacts"),
+        ("publish", cmd_artifacts_publish, "PUT the artifacts to a FHIR server"),
+    ):
+        p = asub.add_parser(name, help=help_text)
+        p.add_argument("--dir", default=str(DEFAULT_DIR), help="artifact folder (default: fhir_profiles/)")
+        p.set_defaults(func=func)
+        if name != "check":
+            p.add_argument("--canonical-base", help="rewrite the artifacts' canonical URL base")
+        if name == "bundle":
+            p.add_argument("--out", default="-", help="output file (default: stdout)")
+        if name == "publish":
+            p.add_argument("--fhir-server", required=True, help="FHIR server base URL")
+            p.add_argument("--token", help="bearer token for the FHIR server")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

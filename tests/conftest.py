@@ -1,0 +1,145 @@
+"""Shared fixtures: request builders, the knowledge, and the service behind a real HTTP server."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from cds_service import create_app
+from cds_service.knowledge import Knowledge, load_knowledge
+from tests.cds_rules import assert_valid_response
+
+CPT = "http://www.ama-assn.org/go/cpt"
+ICD = "http://hl7.org/fhir/sid/icd-10-cm"
+SIGN = "liquid-biopsy-order-sign"
+SELECT = "liquid-biopsy-order-select"
+TODAY = "2026-11-25"
+
+
+# ---------------------------------------------------------------- builders
+
+
+def service_request(code: str | None = "0530U", dos: str | None = "2025-03-03", rid: str = "sr-1",
+                    icd: tuple[str, ...] = (), purposes: tuple[str, ...] = (), system: str = CPT,
+                    purpose_system: str | None = None, **extra: Any) -> dict[str, Any]:
+    res: dict[str, Any] = {"resourceType": "ServiceRequest", "id": rid, "status": "draft", "intent": "order",
+                           "subject": {"reference": "Patient/p1"}}
+    if code is not None:
+        res["code"] = {"coding": [{"system": system, "code": code}]}
+    if dos is not None:
+        res["occurrenceDateTime"] = dos
+    reasons = [{"coding": [{"system": ICD, "code": c}]} for c in icd]
+    if purposes:
+        assert purpose_system, "purpose codes need the purpose system"
+        reasons += [{"coding": [{"system": purpose_system, "code": p}]} for p in purposes]
+    if reasons:
+        res["reasonCode"] = reasons
+    res.update(extra)
+    return res
+
+
+def coverage(cid: str = "cov-1", payor: str = "Capital Blue Cross", plan: str = "PPO Gold",
+             status: str = "active") -> dict[str, Any]:
+    return {"resourceType": "Coverage", "id": cid, "status": status, "beneficiary": {"reference": "Patient/p1"},
+            "payor": [{"display": payor}],
+            "class": [{"type": {"coding": [{"code": "plan"}]}, "value": plan, "name": plan}]}
+
+
+def bundle(*resources: dict[str, Any], type_: str | None = "searchset") -> dict[str, Any]:
+    out: dict[str, Any] = {"resourceType": "Bundle", "entry": [{"resource": r} for r in resources]}
+    if type_:
+        out["type"] = type_
+    return out
+
+
+def hook_request(*orders: dict[str, Any], hook: str = "order-sign", coverages: tuple[dict[str, Any], ...] | None =
+                 (coverage(),), prefetch: dict[str, Any] | None = None, **context: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "hook": hook, "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/1", "patientId": "p1",
+                    "draftOrders": bundle(*orders, type_="collection"), **context},
+    }
+    pre = {"patient": {"resourceType": "Patient", "id": "p1"}}
+    if coverages is not None:
+        pre["coverage"] = bundle(*coverages)
+    pre.update(prefetch or {})
+    body["prefetch"] = pre
+    return body
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def knowledge() -> Knowledge:
+    return load_knowledge()
+
+
+@pytest.fixture
+def purpose_system(knowledge: Knowledge) -> str:
+    return knowledge.purpose_system
+
+
+class LiveService:
+    """The service behind a real HTTP server on 127.0.0.1, called with requests as a client would."""
+
+    def __init__(self, base: str, app: Any) -> None:
+        self.base = base
+        self.app = app
+        self.http = requests.Session()
+
+    @property
+    def engine(self) -> Any:
+        return self.app.extensions["cds_engine"]
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def call(self, body: Any, service: str = SIGN, expect: int = 200) -> dict[str, Any]:
+        resp = self.http.post(self.url(f"/cds-services/{service}"), json=body, timeout=10)
+        assert resp.status_code == expect, resp.text
+        data: dict[str, Any] = resp.json()
+        if expect == 200:
+            assert_valid_response(data)
+        return data
+
+    def post_raw(self, path: str, data: bytes, content_type: str = "application/json") -> requests.Response:
+        return self.http.post(self.url(path), data=data, headers={"Content-Type": content_type}, timeout=10)
+
+
+def start_server(app: Any) -> tuple[Any, threading.Thread, str]:
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    return server, thread, f"http://127.0.0.1:{server.server_port}"
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path) -> Iterator[Any]:
+    servers = []
+
+    def make(**config: Any) -> LiveService:
+        settings = {"DATABASE_URL": f"sqlite:///{tmp_path / f'cds-{len(servers)}.sqlite3'}", "TODAY": TODAY,
+                    **config}
+        app = create_app(settings)
+        server, thread, base = start_server(app)
+        servers.append((server, thread))
+        return LiveService(base, app)
+
+    yield make
+    for server, thread in servers:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def cds(service_factory: Any) -> LiveService:
+    service: LiveService = service_factory()
+    return service
