@@ -45,7 +45,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         services=service_specs(knowledge),
         payer_label=settings["PAYER_NAME"] or knowledge.publisher,
         plan_keywords=keywords,
-        today=(lambda: pinned) if pinned else utc_today,  # type: ignore[return-value]
+        today=(lambda: pinned) if pinned else utc_today,
     )
 
     CORS(app, origins=[o.strip() for o in settings["CORS_ORIGINS"].split(",")],

@@ -21,12 +21,18 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("KNOWLEDGE_DIR", "", str, "Folder of the FHIR knowledge artifacts (default: the repository's fhir_profiles/)."),
-    Setting("CANONICAL_BASE", "", str, "Canonical URL base to publish the artifacts under (default: as written in the files)."),
-    Setting("DATABASE_URL", "", str, "SQLAlchemy URL of the store (default: SQLite file cds.sqlite3 in the instance folder)."),
-    Setting("PAYER_NAME", "", str, "Card source label (default: the policy's publisher, Capital Blue Cross)."),
-    Setting("PLAN_MATCH_KEYWORDS", "", str, "Comma-separated words marking a plan with its own policy manual (default: from the PlanDefinition: FEP, Federal Employee Program)."),
-    Setting("PUBLIC_BASE_URL", "", str, "The service's public base URL when behind a proxy (used for absolute links and JWT aud)."),
+    Setting("KNOWLEDGE_DIR", "", str,
+            "Folder of the FHIR knowledge artifacts (default: the repository's fhir_profiles/)."),
+    Setting("CANONICAL_BASE", "", str,
+            "Canonical URL base to publish the artifacts under (default: as written in the files)."),
+    Setting("DATABASE_URL", "", str,
+            "SQLAlchemy URL of the store (default: SQLite file cds.sqlite3 in the instance folder)."),
+    Setting("PAYER_NAME", "", str, "Card source label (default: the PlanDefinition's publisher)."),
+    Setting("PLAN_MATCH_KEYWORDS", "", str,
+            "Comma-separated words marking a plan with its own policy manual (default: the PlanDefinition's "
+            "plan-match-keyword values)."),
+    Setting("PUBLIC_BASE_URL", "", str,
+            "The service's public base URL when behind a proxy (used for absolute links and JWT aud)."),
     Setting("TODAY", "", str, "Pin 'today' (YYYY-MM-DD) for demos and tests; default: the current UTC date."),
     Setting("MAX_CONTENT_LENGTH", 1024 * 1024, int, "Largest accepted request body in bytes (larger: 413)."),
     Setting("CORS_ORIGINS", "*", str, "Comma-separated origins allowed to call from a browser."),

@@ -68,8 +68,8 @@ def parse_hook_call(body: Any, expected_hook: str, knowledge: Knowledge, today: 
     prefetch = body.get("prefetch") or {}
     if not isinstance(prefetch, dict):
         raise RequestError("'prefetch' must be an object", "prefetch")
-    extension = body.get("extension") if isinstance(body.get("extension"), dict) else {}
-    configuration = extension.get("davinci-crd.configuration")
+    extension = body.get("extension")
+    configuration = extension.get("davinci-crd.configuration") if isinstance(extension, dict) else None
 
     bundle = context.get("draftOrders")
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
@@ -228,6 +228,7 @@ def coverage_from_prefetch(value: Any) -> CoverageFacts | None:
     """Coverage facts from a prefetch value, or None when it must be fetched (missing, null, error)."""
     if not isinstance(value, dict):
         return None
+    resources: list[Any]
     if value.get("resourceType") == "Coverage":
         resources = [value]
     elif value.get("resourceType") == "Bundle":

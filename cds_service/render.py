@@ -209,8 +209,8 @@ def _coverage_update(od: OrderDecision, ids: list[str], decision: Decision, know
             {"url": "reason", "valueCodeableConcept": {"coding": [reason.as_fhir()], "text": _reason_text(a, od,
                                                                                                          knowledge)}},
             {"url": "detail", "extension": [
-                {"url": "code", "valueCodeableConcept": {"coding": [{"system": reason.system, "code": "medical-policy"}],
-                                                         "text": knowledge.policy_label}},
+                {"url": "code", "valueCodeableConcept": {
+                    "coding": [{"system": reason.system, "code": "medical-policy"}], "text": knowledge.policy_label}},
                 {"url": "value", "valueUrl": knowledge.policy_link.url},
             ]},
             {"url": "date", "valueDate": decision.today.isoformat()},

@@ -32,7 +32,8 @@ class ServiceSpec:
 
 
 def service_specs(knowledge: Knowledge) -> dict[str, ServiceSpec]:
-    subject = f"liquid-biopsy (ctDNA / CTC) orders against {knowledge.publisher} medical policy {knowledge.policy_label}"
+    subject = (f"liquid-biopsy (ctDNA / CTC) orders against {knowledge.publisher} medical policy "
+               f"{knowledge.policy_label}")
     specs = (
         ServiceSpec("liquid-biopsy-order-sign", "order-sign", "Liquid biopsy coverage (order-sign)",
                     f"Checks signed {subject}: investigational codes, retired policy, FEP, and uses other "

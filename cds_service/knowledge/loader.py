@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -343,7 +344,7 @@ def membership_problems(listed: dict[str, ListedCode]) -> Iterator[str]:
         for m in stays:
             if m.joined and m.removed and m.removed <= m.joined:
                 yield f"code {entry.code}: removed {m.removed} is not after joined {m.joined}"
-        for a, b in zip(stays, stays[1:], strict=False):
+        for a, b in pairwise(stays):
             if a.removed is None or (b.joined is not None and b.joined < a.removed) or b.joined is None:
                 yield f"code {entry.code}: membership periods overlap ({a.source!r} and {b.source!r})"
 

@@ -1,0 +1,169 @@
+"""The command line, run as a user runs it (subprocesses), plus the project's static checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cds_rules import assert_valid_response
+from tests.conftest import hook_request, service_request
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, stdin: str | None = None, tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CDS_TODAY": "2026-11-25"}
+    if tmp is not None:
+        env["CDS_DATABASE_URL"] = f"sqlite:///{tmp / 'cli.sqlite3'}"
+    return subprocess.run([sys.executable, "-m", "cds_service", *args], input=stdin, capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=60)
+
+
+def test_evaluate_prints_the_http_response(tmp_path: Path) -> None:
+    request = tmp_path / "req.json"
+    request.write_text(json.dumps(hook_request(service_request("0530U", "2025-03-03"))))
+    out = run("evaluate", str(request), tmp=tmp_path)
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert_valid_response(body)
+    assert body["cards"][0]["indicator"] == "warning"
+
+
+def test_evaluate_reads_stdin(tmp_path: Path) -> None:
+    out = run("evaluate", "-", stdin=json.dumps(hook_request(service_request("0530U", "2026-08-01"))), tmp=tmp_path)
+    assert out.returncode == 0 and "retired" in json.loads(out.stdout)["cards"][0]["summary"]
+
+
+@pytest.mark.parametrize(("stdin", "message"), [
+    ("{broken", "not valid JSON"),
+    (json.dumps({"hook": "order-sign", "context": {}}), "hookInstance"),
+    (json.dumps({"hook": "patient-view", "hookInstance": "x", "context": {}}), "no service answers"),
+])
+def test_evaluate_bad_input_fails_with_clear_message(tmp_path: Path, stdin: str, message: str) -> None:
+    out = run("evaluate", "-", stdin=stdin, tmp=tmp_path)
+    assert out.returncode != 0 and out.stdout == ""
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_evaluate_missing_file(tmp_path: Path) -> None:
+    out = run("evaluate", str(tmp_path / "nope.json"), tmp=tmp_path)
+    assert out.returncode == 2 and "cannot read" in out.stderr
+
+
+def test_serve_refuses_non_loopback_without_opt_in() -> None:
+    out = run("serve", "--host", "0.0.0.0", "--port", "1")
+    assert out.returncode == 2 and "--allow-unauthenticated" in out.stderr
+
+
+def test_artifacts_check_command() -> None:
+    out = run("artifacts", "check")
+    assert out.returncode == 0 and out.stdout.startswith("ok:")
+
+
+def test_artifacts_check_fails_on_broken_copy(tmp_path: Path) -> None:
+    copy = tmp_path / "fp"
+    shutil.copytree(ROOT / "fhir_profiles", copy)
+    (copy / "ValueSet-liquid-biopsy-tests.json").write_text("[]")
+    out = run("artifacts", "check", "--dir", str(copy))
+    assert out.returncode == 1 and "ValueSet-liquid-biopsy-tests.json" in out.stderr
+
+
+def test_artifacts_bundle_is_a_transaction_of_every_artifact(tmp_path: Path) -> None:
+    out = run("artifacts", "bundle", "--out", str(tmp_path / "b.json"))
+    assert out.returncode == 0, out.stderr
+    bundle = json.loads((tmp_path / "b.json").read_text())
+    files = list((ROOT / "fhir_profiles").glob("*.json"))
+    assert bundle["type"] == "transaction" and len(bundle["entry"]) == len(files)
+    assert all(e["request"]["method"] == "PUT" for e in bundle["entry"])
+
+
+class FakeFhirServer:
+    """A tiny FHIR server over real HTTP: stores PUT resources; can be told to fail."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.resources: dict[str, Any] = {}
+        store, fail = self.resources, fail_on
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                ref = self.path.strip("/").split("/", 1)[1] if self.path.count("/") > 2 else self.path.strip("/")
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if fail and fail in ref:
+                    self._send(422, {"resourceType": "OperationOutcome",
+                                     "issue": [{"severity": "error", "diagnostics": "rejected by test"}]})
+                    return
+                status = 200 if ref in store else 201
+                store[ref] = body
+                self._send(status, body)
+
+            def _send(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/fhir"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_artifacts_publish_puts_each_artifact_then_updates() -> None:
+    server = FakeFhirServer()
+    try:
+        first = run("artifacts", "publish", "--fhir-server", server.url)
+        assert first.returncode == 0, first.stderr
+        assert "PlanDefinition/mp-2-267" in server.resources
+        assert first.stdout.count("created") == len(list((ROOT / "fhir_profiles").glob("*.json")))
+        second = run("artifacts", "publish", "--fhir-server", server.url)
+        assert second.returncode == 0 and "created" not in second.stdout and "updated" in second.stdout
+    finally:
+        server.close()
+
+
+def test_artifacts_publish_fails_clearly() -> None:
+    server = FakeFhirServer(fail_on="ConceptMap")
+    try:
+        out = run("artifacts", "publish", "--fhir-server", server.url)
+        assert out.returncode == 1 and "ConceptMap/" in out.stderr and "rejected by test" in out.stderr
+    finally:
+        server.close()
+    down = run("artifacts", "publish", "--fhir-server", "http://127.0.0.1:9/fhir")
+    assert down.returncode == 1 and "could not reach" in down.stderr
+
+
+# ---------------------------------------------------------------- static checks
+
+
+@pytest.mark.parametrize("tool", [["ruff", "check", "cds_service", "tests"], ["mypy"]], ids=["ruff", "mypy"])
+def test_static_checks(tool: list[str]) -> None:
+    out = subprocess.run([sys.executable, "-m", *tool], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_no_policy_facts_in_python_code() -> None:
+    """Codes, dates, policy numbers and policy URLs live in fhir_profiles/, never in the package."""
+    facts = ["2.267", "0530U", "0091U", "81277", "86152", "2026-07-01", "2025-08-05", "2.241", "evicore",
+             "fepblue", "capbluecross"]
+    for path in (ROOT / "cds_service").rglob("*.py"):
+        text = path.read_text().lower()
+        found = [f for f in facts if f.lower() in text]
+        # The docstring naming the product's policy is the one allowed mention of its number.
+        found = [f for f in found if not (f == "2.267" and text.count("2.267") == text.count('mp 2.267'))]
+        assert not found, f"{path.relative_to(ROOT)} contains policy facts {found}"

@@ -1,0 +1,197 @@
+"""The knowledge artifacts: the policy's facts checked against a table written by hand from the
+policy text, and the promise that changing the policy is a change of data, not of code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cds_service import create_app
+from cds_service.knowledge import DEFAULT_DIR, Knowledge, KnowledgeError, load_knowledge
+from cds_service.knowledge.check import check_artifacts
+from tests.conftest import hook_request, service_request, start_server
+
+# From MP 2.267 (shared/policy), section IX Policy History and section VII Coding Information.
+# code: (first day on the list or None when listed before the recorded history, first day off or None)
+POLICY_CODES = {
+    "0091U": (None, None),
+    "0337U": (date(2022, 10, 1), None),
+    "0338U": (date(2022, 10, 1), None),
+    "0368U": (date(2023, 4, 1), None),
+    "0453U": (date(2024, 7, 1), None),
+    "0491U": (date(2024, 10, 1), None),
+    "0492U": (date(2024, 10, 1), None),
+    "0530U": (date(2025, 1, 1), None),
+    "81277": (None, date(2023, 10, 6)),
+    "86152": (None, date(2025, 8, 5)),
+    "86153": (None, date(2025, 8, 5)),
+}
+# Section I, Cross-References.
+CROSS_REFERENCES = {
+    "2.235": "Assays of Genetic Expression in Tumor Tissue as a Technique to Determine Prognosis in Patients "
+             "with Breast Cancer",
+    "2.241": "Molecular Analysis (Including Liquid Biopsy) for Targeted Therapy or Immunotherapy of Non-Small "
+             "Cell Lung Cancer",
+    "2.259": "Molecular Panel Testing of Cancers to Identify Targeted Therapies",
+    "2.277": "Investigational Miscellaneous Genetic and Molecular Diagnostic Tests",
+    "2.280": "Gene Expression Profiling and Protein Biomarkers for the Management, Diagnosis, and Cancer Risk "
+             "Assessment of Prostate Cancer",
+    "2.315": "Gene Expression Profile Testing and Circulating Tumor DNA testing for Predicting Recurrence in "
+             "Colon Cancer",
+    "2.316": "Somatic Biomarker Testing (Including Liquid Biopsy) for Targeted Treatment of Metastatic Colorectal "
+             "Cancer (KRAS, NRAS, BRAF, NTRK, and HER2)",
+    "2.364": "Somatic Genetic Testing to Select Individuals with Melanoma or Glioma for Targeted Therapy or "
+             "Immunotherapy",
+}
+FEP_MANUAL = ("https://www.fepblue.org/benefit-plans/medical-policies-and-utilization-management-guidelines/"
+              "medical-policies")
+
+
+def test_code_history_matches_the_policy_text(knowledge: Knowledge) -> None:
+    assert set(knowledge.listed) == set(POLICY_CODES)
+    for code, (joined, removed) in POLICY_CODES.items():
+        [stay] = knowledge.listed[code].memberships
+        assert (stay.joined, stay.removed) == (joined, removed), code
+        assert stay.source, f"{code} needs its policy-history source"
+
+
+def test_list_on_the_last_day_matches_section_vii(knowledge: Knowledge) -> None:
+    assert knowledge.listed_on(date(2026, 6, 30)) == {"0091U", "0337U", "0338U", "0368U", "0453U", "0491U",
+                                                       "0492U", "0530U"}
+
+
+def test_policy_identity_retirement_and_delegation(knowledge: Knowledge) -> None:
+    assert knowledge.policy_label == "MP 2.267"
+    assert knowledge.policy_title == ("Circulating Tumor DNA and Circulating Tumor Cells for Cancer Management "
+                                      "(Liquid Biopsy)")
+    assert knowledge.publisher == "Capital Blue Cross"
+    assert knowledge.retirement == date(2026, 7, 1)
+    assert knowledge.successor.label == "EviCore"
+    assert knowledge.fep_manual.url == FEP_MANUAL
+    plan = json.loads((DEFAULT_DIR / "PlanDefinition-mp-2-267.json").read_text())
+    assert plan["status"] == "retired"
+    assert {t["name"] for a in plan["action"] for t in a["trigger"]} == {"order-select", "order-sign"}
+
+
+def test_cross_references_match_the_policy_text(knowledge: Knowledge) -> None:
+    assert {n: p.title for n, p in knowledge.policies.items()} == CROSS_REFERENCES
+    assert all(p.label == f"MP {n}" for n, p in knowledge.policies.items())
+
+
+def test_issue_routing_table(knowledge: Knowledge) -> None:
+    def policy(category: str) -> set[str | None]:
+        return {r.policy for r in knowledge.routes_by_category[category]}
+    assert policy("C34") == {"2.241"}
+    assert policy("C43") == policy("C71") == {"2.364"}
+    assert policy("C61") == {"2.280"}
+    for primary in ("C18", "C19", "C20"):
+        assert {frozenset(r.requires_categories) for r in knowledge.routes_by_category[primary]} == {
+            frozenset({"C77"}), frozenset({"C78"}), frozenset({"C79"})}
+    assert {r.policy for r in knowledge.routes_by_purpose["comprehensive-genomic-profiling"]} == {"2.259"}
+    assert {r.policy for r in knowledge.routes_by_purpose["ctdna-relapse-prediction"]} == {"2.315"}
+
+
+def test_artifacts_check_passes() -> None:
+    assert check_artifacts() == []
+
+
+# ---------------------------------------------------------------- changing the policy is a data change
+
+
+@pytest.fixture
+def artifact_copy(tmp_path: Path) -> Path:
+    target = tmp_path / "fhir_profiles"
+    shutil.copytree(DEFAULT_DIR, target)
+    return target
+
+
+def edit(path: Path, change: Any) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def add_code(code: str, joined: str) -> Any:
+    def change(vs: dict[str, Any]) -> None:
+        concept = {"extension": [{"url": "https://liquid-biopsy-cds.example.org/fhir/StructureDefinition/"
+                                  "code-list-membership",
+                                  "extension": [{"url": "joined", "valueDate": joined},
+                                                {"url": "source", "valueString": "hypothetical update"}]}],
+                   "code": code, "display": "Hypothetical test"}
+        vs["compose"]["include"][0]["concept"].append(concept)
+    return change
+
+
+def test_new_code_with_future_date_is_honoured_without_code_change(artifact_copy: Path, tmp_path: Path) -> None:
+    edit(artifact_copy / "ValueSet-mp-2-267-investigational-codes.json", add_code("0999U", "2026-02-01"))
+    assert check_artifacts(artifact_copy) == []
+    app = create_app({"KNOWLEDGE_DIR": str(artifact_copy), "DATABASE_URL": f"sqlite:///{tmp_path / 'k.db'}",
+                      "TODAY": "2026-11-25"})
+    server, thread, base = start_server(app)
+    try:
+        import requests
+
+        def cards(dos: str) -> list[dict[str, Any]]:
+            body = hook_request(service_request("0999U", dos))
+            resp = requests.post(f"{base}/cds-services/liquid-biopsy-order-sign", json=body, timeout=5)
+            assert resp.status_code == 200
+            result: list[dict[str, Any]] = resp.json()["cards"]
+            return result
+        assert cards("2026-01-31") == []
+        assert "0999U" in cards("2026-02-01")[0]["summary"]
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(("file", "change", "message"), [
+    ("ValueSet-mp-2-267-investigational-codes.json", add_code("0530U", "2025-06-01"), "listed twice"),
+    ("PlanDefinition-mp-2-267.json", lambda d: d.pop("effectivePeriod"), "effectivePeriod"),
+    ("PlanDefinition-mp-2-267.json", lambda d: d.update(date="yesterday"),
+     "PlanDefinition-mp-2-267.json: invalid PlanDefinition"),
+    ("ConceptMap-mp-2-267-exclusion-routing.json",
+     lambda d: d["group"][0]["element"][0]["target"][0].update(code="9.999"), "9.999"),
+])
+def test_broken_artifact_stops_start_up_naming_the_file(artifact_copy: Path, file: str, change: Any,
+                                                         message: str) -> None:
+    edit(artifact_copy / file, change)
+    with pytest.raises(KnowledgeError) as err:
+        load_knowledge(artifact_copy)
+    assert message in str(err.value)
+    assert check_artifacts(artifact_copy), "artifacts check must report the same problem"
+
+
+def test_overlapping_history_is_rejected(artifact_copy: Path) -> None:
+    def overlap(vs: dict[str, Any]) -> None:
+        concept = next(c for c in vs["compose"]["include"][0]["concept"] if c["code"] == "81277")
+        concept["extension"].append({"url": concept["extension"][0]["url"], "extension": [
+            {"url": "joined", "valueDate": "2023-01-01"}, {"url": "source", "valueString": "bad"}]})
+    edit(artifact_copy / "ValueSet-mp-2-267-investigational-codes.json", overlap)
+    with pytest.raises(KnowledgeError, match="overlap"):
+        load_knowledge(artifact_copy)
+
+
+def test_example_that_breaks_the_profile_is_reported(artifact_copy: Path) -> None:
+    def strip(sr: dict[str, Any]) -> None:
+        sr.pop("occurrenceDateTime")
+        sr["code"]["coding"][0]["code"] = "85025"
+    edit(artifact_copy / "examples" / "ServiceRequest-example-0530U-2025.json", strip)
+    problems = check_artifacts(artifact_copy)
+    assert any("lb-1" in p for p in problems) and any("no code from" in p for p in problems)
+
+
+def test_unparseable_file_is_named(artifact_copy: Path) -> None:
+    (artifact_copy / "CodeSystem-medical-policies.json").write_text("{not json")
+    with pytest.raises(KnowledgeError, match=r"CodeSystem-medical-policies\.json: is not valid JSON"):
+        load_knowledge(artifact_copy)
+
+
+def test_canonical_base_is_configurable(tmp_path: Path) -> None:
+    k = load_knowledge(canonical_base="https://payer.example.com/fhir")
+    assert k.purpose_system == "https://payer.example.com/fhir/CodeSystem/liquid-biopsy-purpose"
+    assert k.override_reasons[0].system.startswith("https://payer.example.com/fhir/")
