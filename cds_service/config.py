@@ -31,8 +31,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PLAN_MATCH_KEYWORDS", "", str,
             "Comma-separated words marking a plan with its own policy manual (default: the PlanDefinition's "
             "plan-match-keyword values)."),
-    Setting("PUBLIC_BASE_URL", "", str,
-            "The service's public base URL when behind a proxy (used for absolute links and JWT aud)."),
     Setting("TODAY", "", str, "Pin 'today' (YYYY-MM-DD) for demos and tests; default: the current UTC date."),
     Setting("MAX_CONTENT_LENGTH", 1024 * 1024, int, "Largest accepted request body in bytes (larger: 413)."),
     Setting("CORS_ORIGINS", "*", str, "Comma-separated origins allowed to call from a browser."),

@@ -39,11 +39,6 @@ class HookCall:
     fhir_authorization: dict[str, Any] | None
     configuration: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def patient_id(self) -> str | None:
-        pid = self.context.get("patientId")
-        return pid if isinstance(pid, str) and pid else None
-
 
 def parse_hook_call(body: Any, expected_hook: str, knowledge: Knowledge, today: date) -> HookCall:
     if not isinstance(body, dict):
