@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from fhir.resources.R4B.coverage import Coverage
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
@@ -94,7 +95,25 @@ def parse_hook_call(body: Any, expected_hook: str, knowledge: Knowledge, today: 
                     configuration if isinstance(configuration, dict) else {})
 
 
+def _null_path(node: Any, path: str = "") -> str | None:
+    """Where a JSON null sits in a resource (FHIR JSON allows them only inside primitive arrays).
+
+    Empty arrays and objects are tolerated on the way in (the public sandbox sends ``coding: [{}]``);
+    the renderer prunes them from anything it sends back."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        here = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"
+        if value is None and not isinstance(node, list):
+            return here
+        if (found := _null_path(value, here)) is not None:
+            return found
+    return None
+
+
 def _validate_service_request(resource: dict[str, Any], where: str) -> None:
+    if (null_at := _null_path(resource)) is not None:
+        raise RequestError(f"Invalid ServiceRequest: {null_at.lstrip('.')} is null, which FHIR JSON does not allow",
+                           where + null_at)
     # Codes are compared ignoring surrounding whitespace, so validate them that way too.
     code = resource.get("code")
     if isinstance(code, dict) and isinstance(code.get("coding"), list):
@@ -192,14 +211,18 @@ class ConditionIndex:
                            if isinstance(c, dict) and c.get("id") == reference[1:]), None)
         else:
             target = self.by_ref.get("/".join(reference.rstrip("/").split("/")[-2:]))
-        if not isinstance(target, dict):
-            return []
-        return [c for c in (target.get("code") or {}).get("coding") or [] if isinstance(c, dict)]
+        return _codings(target.get("code")) if isinstance(target, dict) else []
 
     def categories(self, system: str) -> frozenset[str]:
         return frozenset(icd10_category(c["code"]) for cond in self.by_ref.values()
-                         for c in (cond.get("code") or {}).get("coding") or []
-                         if isinstance(c, dict) and c.get("system") == system and c.get("code"))
+                         for c in _codings(cond.get("code"))
+                         if c.get("system") == system and isinstance(c.get("code"), str) and c["code"])
+
+
+def _codings(concept: Any) -> list[dict[str, Any]]:
+    """The codings of a CodeableConcept from data we do not validate (prefetch), tolerating junk."""
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
 
 
 def _resources(entries: list[Any], prefetch: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -209,7 +232,8 @@ def _resources(entries: list[Any], prefetch: dict[str, Any]) -> Iterator[dict[st
     for value in prefetch.values():
         if isinstance(value, dict):
             if value.get("resourceType") == "Bundle":
-                for e in value.get("entry") or []:
+                found = value.get("entry")
+                for e in found if isinstance(found, list) else []:
                     if isinstance(e, dict) and isinstance(e.get("resource"), dict):
                         yield e["resource"]
             else:
@@ -227,15 +251,26 @@ def coverage_from_prefetch(value: Any) -> CoverageFacts | None:
     if value.get("resourceType") == "Coverage":
         resources = [value]
     elif value.get("resourceType") == "Bundle":
-        resources = [e.get("resource") for e in value.get("entry") or [] if isinstance(e, dict)]
+        entries = value.get("entry", [])
+        if not isinstance(entries, list):
+            return CoverageFacts(CoverageStatus.UNAVAILABLE)  # a Bundle we cannot read
+        resources = [e["resource"] for e in entries if isinstance(e, dict) and "resource" in e]
     else:  # OperationOutcome or anything else: the client could not get it
         return None
     return coverage_facts(resources)
 
 
 def coverage_facts(resources: list[Any]) -> CoverageFacts:
-    active = tuple(plan_coverage(r) for r in resources
-                   if isinstance(r, dict) and r.get("resourceType") == "Coverage" and r.get("status") == "active")
+    coverages = [r for r in resources if isinstance(r, dict) and r.get("resourceType") == "Coverage"]
+    for r in coverages:
+        # A Coverage we cannot read is no basis for a coverage statement: coverage is then unknown.
+        if _null_path(r) is not None:
+            return CoverageFacts(CoverageStatus.UNAVAILABLE)
+        try:
+            Coverage.model_validate(r)
+        except ValidationError:
+            return CoverageFacts(CoverageStatus.UNAVAILABLE)
+    active = tuple(plan_coverage(r) for r in coverages if r.get("status") == "active")
     return CoverageFacts(CoverageStatus.FOUND if active else CoverageStatus.NONE, active)
 
 

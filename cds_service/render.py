@@ -6,7 +6,6 @@ only fills them in and applies the CDS Hooks / CRD structure rules.
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -190,7 +189,7 @@ def _unavailable(unavailable: bool) -> str:
 
 
 def _coverage_update(od: OrderDecision, ids: list[str], decision: Decision, knowledge: Knowledge) -> dict[str, Any]:
-    resource = copy.deepcopy(od.order.resource)
+    resource = pruned(od.order.resource)
     resource.setdefault("extension", [])
     resource["extension"] = [e for e in resource["extension"]
                              if not (isinstance(e, dict) and e.get("url") == terminology.CRD_COVERAGE_INFORMATION)]
@@ -219,6 +218,16 @@ def _coverage_update(od: OrderDecision, ids: list[str], decision: Decision, know
         resource["extension"].append({"url": terminology.CRD_COVERAGE_INFORMATION, "extension": sub})
     return {"type": "update", "description": f"Coverage information for {od.code or od.order.reference}",
             "resource": resource}
+
+
+def pruned(node: Any) -> Any:
+    """A copy without empty strings, arrays or objects, which FHIR JSON does not allow."""
+    if isinstance(node, dict):
+        items = ((k, pruned(v)) for k, v in node.items())
+        return {k: v for k, v in items if v not in ("", [], {}, None)}
+    if isinstance(node, list):
+        return [v for v in map(pruned, node) if v not in ("", [], {})]
+    return node
 
 
 def _reason_text(a: Assertion, od: OrderDecision, knowledge: Knowledge) -> str:

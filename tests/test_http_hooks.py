@@ -411,3 +411,26 @@ def test_cors_preflight_without_authorization(cds: LiveService) -> None:
     assert "authorization" in allowed and "content-type" in allowed
     real = cds.http.get(cds.url("/cds-services"), headers={"Origin": "https://sandbox.cds-hooks.org"}, timeout=5)
     assert "Access-Control-Allow-Origin" in real.headers
+
+
+# ---------------------------------------------------------------- found by the fuzzer
+
+
+def test_null_element_in_an_order_is_400(cds: LiveService) -> None:
+    body = hook_request(service_request("0530U", "2025-03-03", subject=None))
+    resp = cds.http.post(cds.url(f"/cds-services/{SIGN}"), json=body, timeout=5)
+    assert "subject" in _outcome(resp, 400)
+
+
+def test_empty_elements_are_tolerated_and_not_echoed(cds: LiveService) -> None:
+    body = cds.call(hook_request(service_request("0530U", "2025-03-03", reasonCode=[], category=[{}])))
+    resource = body["systemActions"][0]["resource"]
+    assert "reasonCode" not in resource and "category" not in resource
+
+
+def test_unreadable_coverage_prefetch_means_coverage_unavailable(cds: LiveService) -> None:
+    broken = coverage()
+    broken["class"] = True
+    for prefetch in ({"coverage": bundle(broken)}, {"coverage": {"resourceType": "Bundle", "entry": True}}):
+        body = cds.call(hook_request(service_request("0530U", "2025-03-03"), coverages=None, prefetch=prefetch))
+        assert "could not be checked" in body["cards"][0]["detail"] and "systemActions" not in body
