@@ -10,17 +10,20 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from cds_service.config import load_settings
+from cds_service.auth import TokenVerifier, load_trusted_issuers
+from cds_service.config import database_url, load_settings
+from cds_service.fhir_client import FhirClient
 from cds_service.knowledge import load_knowledge
-from cds_service.pipeline import Engine, utc_today
+from cds_service.pipeline import Engine, FhirAccess, utc_today
 from cds_service.services import service_specs
-from cds_service.store import Store, make_engine
+from cds_service.store import Store, make_engine, upgrade_schema
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings, knowledge (loaded and checked once), store, blueprints.
 
-    A broken knowledge artifact raises ``KnowledgeError`` here, so the service never starts with it.
+    A broken knowledge artifact raises ``KnowledgeError`` here, so the service never starts with it;
+    a bad setting or trusted-issuers file raises ``ValueError``.
     """
     app = Flask(__name__, instance_relative_config=True)
     settings = load_settings(config)
@@ -29,12 +32,22 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     knowledge = load_knowledge(Path(settings["KNOWLEDGE_DIR"]) if settings["KNOWLEDGE_DIR"] else None,
                                settings["CANONICAL_BASE"] or None)
 
-    url = settings["DATABASE_URL"]
-    if not url:
-        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{Path(app.instance_path) / 'cds.sqlite3'}"
-    store = Store(make_engine(url))
-    store.create_schema()
+    store = Store(make_engine(database_url(settings, app.instance_path)))
+    if store.engine.dialect.name == "sqlite":
+        upgrade_schema(store.engine)  # the embedded default migrates itself
+    else:
+        store.require_current_schema()  # shared databases are migrated once, by `db upgrade`
+
+    verifier = None
+    if settings["TRUSTED_ISSUERS"]:
+        verifier = TokenVerifier(load_trusted_issuers(settings["TRUSTED_ISSUERS"]), store.remember_jti,
+                                 settings["CLOCK_SKEW_SECONDS"])
+    fhir = FhirAccess(
+        client=FhirClient(settings["FHIR_CONNECT_TIMEOUT"], settings["FHIR_READ_TIMEOUT"]),
+        unauthenticated_servers=tuple(u.strip().rstrip("/") for u in settings["FHIR_SERVERS"].split(",") if u.strip()),
+        allow_http=settings["FHIR_ALLOW_HTTP"],
+        budget_seconds=settings["FHIR_BUDGET_SECONDS"],
+    )
 
     pinned = date.fromisoformat(settings["TODAY"]) if settings["TODAY"] else None
     keywords = tuple(k.strip() for k in settings["PLAN_MATCH_KEYWORDS"].split(",") if k.strip()) \
@@ -46,6 +59,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         payer_label=settings["PAYER_NAME"] or knowledge.publisher,
         plan_keywords=keywords,
         today=(lambda: pinned) if pinned else utc_today,
+        fhir=fhir,
+        verifier=verifier,
     )
 
     CORS(app, origins=[o.strip() for o in settings["CORS_ORIGINS"].split(",")],

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from cds_service.knowledge import DEFAULT_DIR, KnowledgeError
+from cds_service.store import SchemaOutOfDate
 
 log = logging.getLogger("cds_service")
 
@@ -34,18 +35,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from cds_service import create_app
 
-    if not is_loopback(args.host) and not args.allow_unauthenticated:
-        print(f"error: refusing to serve without client authentication on {args.host}; bind to 127.0.0.1, or "
-              "pass --allow-unauthenticated to accept calls from any client", file=sys.stderr)
-        return 2
-    if not is_loopback(args.host):
-        log.warning("serving WITHOUT client authentication on %s: any client that can reach it may call it",
-                    args.host)
     try:
         app = create_app()
-    except (KnowledgeError, ValueError) as exc:
+    except (KnowledgeError, ValueError, SchemaOutOfDate) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    authenticated = app.extensions["cds_engine"].verifier is not None
+    if not authenticated and not is_loopback(args.host):
+        if not (args.allow_unauthenticated or app.config["ALLOW_UNAUTHENTICATED"]):
+            print(f"error: refusing to serve without client authentication on {args.host}: configure "
+                  "CDS_TRUSTED_ISSUERS, bind to 127.0.0.1, or pass --allow-unauthenticated", file=sys.stderr)
+            return 2
+        log.warning("serving WITHOUT client authentication on %s: any client that can reach it may call it",
+                    args.host)
     print(f"Liquid-biopsy CDS service on http://{args.host}:{args.port}/cds-services", file=sys.stderr)
     run_simple(args.host, args.port, app, threaded=True)
     return 0
@@ -66,7 +68,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 1
     try:
         app = create_app()
-    except (KnowledgeError, ValueError) as exc:
+    except (KnowledgeError, ValueError, SchemaOutOfDate) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     services = app.extensions["cds_engine"].services
@@ -85,6 +87,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             else str(i.get("diagnostics")) for i in issues), file=sys.stderr)
         return 1
     sys.stdout.write(response.get_data(as_text=True) + "\n")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from flask import Flask
+
+    from cds_service.config import database_url, load_settings
+    from cds_service.store import make_engine, upgrade_schema
+
+    try:
+        settings = load_settings()
+        url = database_url(settings, Flask("cds_service", instance_relative_config=True).instance_path)
+        revision = upgrade_schema(make_engine(url))
+    except Exception as exc:  # report any database failure plainly, without a traceback
+        print(f"error: database upgrade failed: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"database at revision {revision}")
     return 0
 
 
@@ -155,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("request")
     evaluate.add_argument("--service", help="service id (default: chosen by the request's hook)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    db = sub.add_parser("db", help="database maintenance")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    dbsub.add_parser("upgrade", help="apply the schema migrations to CDS_DATABASE_URL").set_defaults(
+        func=cmd_db_upgrade)
 
     artifacts = sub.add_parser("artifacts", help="check, bundle or publish the FHIR knowledge artifacts")
     asub = artifacts.add_subparsers(dest="artifacts_command", required=True)

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 
@@ -34,13 +35,43 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TODAY", "", str, "Pin 'today' (YYYY-MM-DD) for demos and tests; default: the current UTC date."),
     Setting("MAX_CONTENT_LENGTH", 1024 * 1024, int, "Largest accepted request body in bytes (larger: 413)."),
     Setting("CORS_ORIGINS", "*", str, "Comma-separated origins allowed to call from a browser."),
+    Setting("TRUSTED_ISSUERS", "", str,
+            "JSON or YAML file of trusted clients (iss, keys, allowed jku, FHIR servers); when set, hook, feedback "
+            "and assertion calls need a valid JWT."),
+    Setting("ALLOW_UNAUTHENTICATED", False, bool,
+            "Without trusted issuers, allow serving on a non-loopback address (logs a warning)."),
+    Setting("PUBLIC_BASE_URL", "", str,
+            "The service's public base URL behind a proxy; the JWT aud is checked against it."),
+    Setting("CLOCK_SKEW_SECONDS", 60, int, "Leeway for JWT exp and iat checks."),
+    Setting("FHIR_SERVERS", "", str,
+            "Comma-separated FHIR base URLs the service may call when no trusted issuers are configured."),
+    Setting("FHIR_ALLOW_HTTP", False, bool, "Allow calling FHIR servers over plain http (local testing only)."),
+    Setting("FHIR_BUDGET_SECONDS", 2.5, float, "Overall time for fetching missing prefetch data in one hook call."),
+    Setting("FHIR_CONNECT_TIMEOUT", 1.0, float, "Connect timeout per FHIR request, in seconds."),
+    Setting("FHIR_READ_TIMEOUT", 2.0, float, "Read timeout per FHIR request, in seconds."),
 )
 
 
 def _coerce(setting: Setting, value: Any) -> Any:
-    if setting.kind is int:
-        return int(value)
+    if setting.kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(value)
+    if setting.kind in (int, float):
+        return setting.kind(value)
     return str(value) if value is not None else ""
+
+
+def database_url(settings: Mapping[str, Any], instance_path: str) -> str:
+    """The configured store, or the embedded default: a SQLite file in the instance folder."""
+    if settings["DATABASE_URL"]:
+        return str(settings["DATABASE_URL"])
+    Path(instance_path).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(instance_path) / 'cds.sqlite3'}"
 
 
 def load_settings(mapping: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -59,8 +59,11 @@ def parse_hook_call(body: Any, expected_hook: str, knowledge: Knowledge, today: 
     if fhir_server is not None and not isinstance(fhir_server, str):
         raise RequestError("'fhirServer' must be a URL string", "fhirServer")
     fhir_auth = body.get("fhirAuthorization")
-    if fhir_auth is not None and not isinstance(fhir_auth, dict):
-        raise RequestError("'fhirAuthorization' must be an object", "fhirAuthorization")
+    if fhir_auth is not None:
+        if not isinstance(fhir_auth, dict) or not isinstance(fhir_auth.get("access_token"), str):
+            raise RequestError("'fhirAuthorization' must be an object with an 'access_token'", "fhirAuthorization")
+        if not fhir_server:
+            raise RequestError("'fhirServer' is required with 'fhirAuthorization'", "fhirServer")
     prefetch = body.get("prefetch") or {}
     if not isinstance(prefetch, dict):
         raise RequestError("'prefetch' must be an object", "prefetch")

@@ -5,18 +5,46 @@ Framework-free so the HTTP layer and the ``evaluate`` command run exactly the sa
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from cds_service.auth import Client, TokenVerifier
 from cds_service.decision import CoverageFacts, CoverageStatus, decide
-from cds_service.intake import ConditionIndex, RequestError, coverage_from_prefetch, parse_hook_call
+from cds_service.fhir_client import FetchError, FhirClient
+from cds_service.intake import (
+    ConditionIndex,
+    HookCall,
+    RequestError,
+    coverage_facts,
+    coverage_from_prefetch,
+    parse_hook_call,
+)
 from cds_service.knowledge import Knowledge
 from cds_service.render import RenderOptions, render
 from cds_service.services import CONFIGURATION_OPTIONS, ServiceSpec
 from cds_service.store import Store, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FhirAccess:
+    """Which FHIR servers may be called, and how long a hook call may spend on them."""
+
+    client: FhirClient
+    unauthenticated_servers: tuple[str, ...]  # allow-list when no trusted issuers are configured
+    allow_http: bool
+    budget_seconds: float
+
+    def allowed(self, server: str, client: Client | None) -> bool:
+        base = server.rstrip("/")
+        if not (base.startswith("https://") or (self.allow_http and base.startswith("http://"))):
+            return False
+        return base in (client.issuer.fhir_servers if client else self.unauthenticated_servers)
 
 
 @dataclass
@@ -27,9 +55,12 @@ class Engine:
     payer_label: str
     plan_keywords: tuple[str, ...]
     today: Callable[[], date]
+    fhir: FhirAccess
+    verifier: TokenVerifier | None = None
 
-    def handle_hook(self, service_id: str, body: Any, client_iss: str | None = None) -> dict[str, Any]:
+    def handle_hook(self, service_id: str, body: Any, client: Client | None = None) -> dict[str, Any]:
         started = time.perf_counter()
+        deadline = time.monotonic() + self.fhir.budget_seconds  # for everything fetched in this call
         spec = self.services[service_id]
         today = self.today()
         call = parse_hook_call(body, spec.hook, self.knowledge, today)
@@ -37,10 +68,7 @@ class Engine:
 
         coverage = coverage_from_prefetch(call.prefetch.get("coverage"))
         if coverage is None:
-            # Not in the prefetch: a null value is the client saying its query found nothing; a missing
-            # key or an OperationOutcome leaves coverage unknown, so answer from the code list alone.
-            found_nothing = "coverage" in call.prefetch and call.prefetch["coverage"] is None
-            coverage = CoverageFacts(CoverageStatus.NONE if found_nothing else CoverageStatus.UNAVAILABLE)
+            coverage = self._fetch_coverage(call, client, deadline)
         patient_categories = ConditionIndex([], call.prefetch).categories(self.knowledge.icd10_system)
 
         decision = decide(call.orders, coverage, self.knowledge, today, self.plan_keywords, patient_categories)
@@ -51,21 +79,48 @@ class Engine:
                         for od in decision.orders]
         assertions = [{
             "assertion_id": ra.assertion_id, "hook_instance": call.hook_instance,
-            "order_reference": ra.order.order.reference, "coverage_reference": ra.assertion.coverage,
+            "client_iss": client and client.iss, "order_reference": ra.order.order.reference,
+            "coverage_reference": ra.assertion.coverage,
             "code": ra.order.code, "covered": ra.assertion.covered.value, "pa_needed": ra.assertion.pa_needed,
             "reason": ra.assertion.reason, "policy": self.knowledge.policy_label,
             "policy_version": self.knowledge.policy_version, "artifact_version": self.knowledge.artifact_digest,
             "date_of_service": ra.order.order.date_of_service, "assertion_date": today,
         } for ra in rendered.assertions]
         self.store.record_hook_call({
-            "hook_instance": call.hook_instance, "service_id": service_id, "client_iss": client_iss,
+            "hook_instance": call.hook_instance, "service_id": service_id, "client_iss": client and client.iss,
             "received_at": utcnow(), "latency_ms": (time.perf_counter() - started) * 1000,
             "decision_summary": decision.summary, "orders": orders_audit,
         }, assertions)
         return rendered.response
 
-    def handle_feedback(self, service_id: str, body: Any) -> int:
+    def _fetch_coverage(self, call: HookCall, client: Client | None, deadline: float) -> CoverageFacts:
+        """Coverage the prefetch did not bring: fetched from an allowed fhirServer, else unknown.
+
+        A null prefetch value is the client saying its query found nothing; that stands when the
+        data cannot be fetched. Any failure leaves coverage UNAVAILABLE: never invented, never a 500.
+        """
+        found_nothing = "coverage" in call.prefetch and call.prefetch["coverage"] is None
+        fallback = CoverageFacts(CoverageStatus.NONE if found_nothing else CoverageStatus.UNAVAILABLE)
+        patient = call.context.get("patientId")
+        if not call.fhir_server or not isinstance(patient, str) or not patient:
+            return fallback
+        if not self.fhir.allowed(call.fhir_server, client):
+            log.warning("hookInstance=%s fhirServer %s is not on the allow-list; not called",
+                        call.hook_instance, call.fhir_server)
+            return CoverageFacts(CoverageStatus.UNAVAILABLE)
+        token = (call.fhir_authorization or {}).get("access_token")
+        try:
+            resources = self.fhir.client.search(call.fhir_server, "Coverage", {"patient": patient, "status": "active"},
+                                                token if isinstance(token, str) else None, deadline)
+        except FetchError as exc:
+            log.warning("hookInstance=%s coverage fetch failed: %s", call.hook_instance, exc)
+            return CoverageFacts(CoverageStatus.UNAVAILABLE)
+        return coverage_facts(resources)
+
+    def handle_feedback(self, service_id: str, body: Any, client: Client | None = None) -> int:
         rows = parse_feedback(body, service_id)
+        for row in rows:
+            row["client_iss"] = client and client.iss
         self.store.record_feedback(rows)
         return len(rows)
 

@@ -1,13 +1,23 @@
-"""Storage adapter: hook-call audit, coverage assertions and card feedback (SQLAlchemy Core).
+"""Storage adapter: hook-call audit, coverage assertions, card feedback and seen JWT ids.
 
-Each write is committed before the HTTP response is sent. Demographics are never stored.
+SQLAlchemy Core over SQLite (embedded default, WAL) or PostgreSQL; the schema is managed by the
+Alembic migrations in cds_service/migrations (these Table objects mirror them). Each write is
+committed before the HTTP response is sent. Names and other demographics are never stored.
 """
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
     Column,
@@ -19,12 +29,16 @@ from sqlalchemy import (
     String,
     Table,
     create_engine,
+    delete,
     event,
     func,
     insert,
     select,
+    text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
 
 metadata = MetaData()
 
@@ -44,6 +58,7 @@ coverage_assertions = Table(
     "coverage_assertions", metadata,
     Column("assertion_id", String(64), primary_key=True),
     Column("hook_instance", String(128), nullable=False, index=True),
+    Column("client_iss", String(512)),
     Column("order_reference", String(256), nullable=False),
     Column("coverage_reference", String(256), nullable=False),
     Column("code", String(32), nullable=False),
@@ -61,6 +76,7 @@ feedback = Table(
     "feedback", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("service_id", String(64), nullable=False),
+    Column("client_iss", String(512)),
     Column("card", String(128), nullable=False, index=True),
     Column("outcome", String(32), nullable=False),
     Column("accepted_suggestions", JSON),
@@ -69,9 +85,73 @@ feedback = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
 
+seen_jti = Table(
+    "seen_jti", metadata,
+    Column("iss", String(512), primary_key=True),
+    Column("jti", String(256), primary_key=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class SchemaOutOfDate(Exception):
+    pass
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_schema(engine: Engine) -> str:
+    """Apply every pending migration; returns the revision now in place.
+
+    Replicas may start together: PostgreSQL serialises them with an advisory lock, SQLite with a
+    lock file beside the database, so only one applies each migration.
+    """
+    with _migration_lock(engine), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(2267)"))
+        command.upgrade(_alembic_config(conn), "head")
+    return head_revision()
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def head_revision() -> str:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
 
 def make_engine(url: str) -> Engine:
-    engine = create_engine(url, future=True, pool_pre_ping=True)
+    if url.startswith("sqlite") and make_url(url).database in (None, "", ":memory:"):
+        # One shared connection, or every thread would get its own empty in-memory database.
+        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -87,8 +167,21 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def create_schema(self) -> None:
-        metadata.create_all(self.engine)
+    def require_current_schema(self) -> None:
+        current, head = current_revision(self.engine), head_revision()
+        if current != head:
+            raise SchemaOutOfDate(f"database schema is at {current or 'nothing'}, the service needs {head}: "
+                                  "run `python -m cds_service db upgrade`")
+
+    def remember_jti(self, iss: str, jti: str, expires_at: datetime) -> bool:
+        """Record a token id; False when it was seen before (a replay), on this replica or another."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(delete(seen_jti).where(seen_jti.c.expires_at < utcnow()))
+                conn.execute(insert(seen_jti), [{"iss": iss, "jti": jti, "expires_at": expires_at}])
+        except IntegrityError:
+            return False
+        return True
 
     def record_hook_call(self, call: dict[str, Any], assertions: list[dict[str, Any]]) -> None:
         with self.engine.begin() as conn:

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, request
 
+from cds_service.auth import AuthError, Client
 from cds_service.intake import RequestError
 from cds_service.pipeline import Engine
 from cds_service.services import discovery
@@ -38,6 +39,24 @@ def _bad_request(exc: RequestError) -> Response:
     return operation_outcome(exc.status, exc.message, exc.expression)
 
 
+@bp.errorhandler(AuthError)
+def _unauthenticated(exc: AuthError) -> Response:
+    resp = operation_outcome(401, str(exc))
+    detail = str(exc).replace('"', "'")
+    resp.headers["WWW-Authenticate"] = (f'Bearer realm="cds-services", error="invalid_token", '
+                                        f'error_description="{detail}"')
+    return resp
+
+
+def _authenticate() -> Client | None:
+    """The calling client, when trusted issuers are configured; checked before anything is read."""
+    verifier = _engine().verifier
+    if verifier is None:
+        return None  # unauthenticated local development (see README)
+    base = current_app.config["PUBLIC_BASE_URL"].rstrip("/") or request.host_url.rstrip("/")
+    return verifier.verify(request.headers.get("Authorization"), base + request.path)
+
+
 @bp.get("/cds-services")
 def list_services() -> Response:
     return _json(discovery(_engine().services))
@@ -46,22 +65,25 @@ def list_services() -> Response:
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
     engine = _engine()
+    client = _authenticate()
     if service_id not in engine.services:
         return operation_outcome(404, f"No CDS service with id '{service_id}'")
-    return _json(engine.handle_hook(service_id, _read_json()))
+    return _json(engine.handle_hook(service_id, _read_json(), client))
 
 
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> Response:
     engine = _engine()
+    client = _authenticate()
     if service_id not in engine.services:
         return operation_outcome(404, f"No CDS service with id '{service_id}'")
-    stored = engine.handle_feedback(service_id, _read_json())
+    stored = engine.handle_feedback(service_id, _read_json(), client)
     return _json({"stored": stored})
 
 
 @bp.get("/coverage-assertions/<assertion_id>")
 def coverage_assertion(assertion_id: str) -> Response:
+    _authenticate()
     row = _engine().store.assertion(assertion_id)
     if row is None:
         return operation_outcome(404, f"No coverage assertion with id '{assertion_id}'")

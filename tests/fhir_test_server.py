@@ -1,0 +1,79 @@
+"""A small FHIR server over real HTTP for tests: serves Coverage searches, and can be made slow,
+down, unauthorised, failing or garbled."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FhirTestServer:
+    def __init__(self) -> None:
+        self.mode = "ok"  # ok | slow | 401 | 500 | 500-once | garbage | not-bundle | drip
+        self.coverages: list[dict[str, Any]] = []
+        self.requests: list[tuple[str, str | None]] = []  # (path, Authorization header)
+        self.delay = 5.0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                owner.requests.append((self.path, self.headers.get("Authorization")))
+                mode = owner.mode
+                if mode == "500-once":
+                    owner.mode = "ok"
+                    return self._send(503, b'{"resourceType": "OperationOutcome"}')
+                if mode == "slow":
+                    time.sleep(owner.delay)
+                if mode == "401":
+                    return self._send(401, b'{"resourceType": "OperationOutcome"}')
+                if mode == "500":
+                    return self._send(500, b"internal error")
+                if mode == "garbage":
+                    return self._send(200, b"<html>definitely not FHIR")
+                if mode == "not-bundle":
+                    return self._send(200, b'{"resourceType": "Patient", "id": "p1"}')
+                if mode == "drip":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/fhir+json")
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    for _ in range(1000):
+                        try:
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                        except OSError:
+                            return
+                        time.sleep(0.05)
+                    return
+                bundle = {"resourceType": "Bundle", "type": "searchset",
+                          "entry": [{"resource": c} for c in owner.coverages]}
+                return self._send(200, json.dumps(bundle).encode())
+
+            def _send(self, status: int, body: bytes) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/fhir+json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_port}/fhir"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
