@@ -1,0 +1,247 @@
+"""Persistence against SQLite and a real PostgreSQL: rows committed before the answer, replicas
+sharing one database, and durability across kill -9.
+
+PostgreSQL comes from CDS_TEST_POSTGRES_URL (set by .ci/run; default: this machine kind's server at
+127.0.0.1:5432). If it is unreachable the PostgreSQL cases skip locally, and fail under CI=true so
+they can never be skipped silently there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from cds_service import create_app
+from cds_service.store import (
+    SchemaOutOfDate,
+    coverage_assertions,
+    feedback,
+    hook_calls,
+    make_engine,
+    upgrade_schema,
+)
+from tests.conftest import SIGN, hook_request, service_request
+
+ROOT = Path(__file__).resolve().parents[1]
+ISS = "https://replica-test.example"
+KEY = ec.generate_private_key(ec.SECP384R1())
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    url = os.environ.get("CDS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    try:
+        engine = create_engine(url, connect_args={"connect_timeout": 5})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {url} is unreachable under CI: {exc}")
+        pytest.skip(f"PostgreSQL at {url} is unreachable")
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh database per test, dropped afterwards."""
+    name = f"cds_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    url: str = request.getfixturevalue("postgres_url")
+    upgrade_schema(make_engine(url))
+    return url
+
+
+def count(url: str, table: Any) -> int:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------- both backends, in-process
+
+
+def test_hook_call_assertion_and_feedback_are_stored(database_url: str) -> None:
+    app = create_app({"DATABASE_URL": database_url, "TODAY": "2026-11-25"})
+    client = app.test_client()
+    body = client.post(f"/cds-services/{SIGN}", json=hook_request(service_request("0530U", "2025-03-03"))).get_json()
+    assertion_id = next(e["valueString"] for ext in body["systemActions"][0]["resource"]["extension"]
+                        for e in ext["extension"] if e["url"] == "coverage-assertion-id")
+    looked_up = client.get(f"/coverage-assertions/{assertion_id}").get_json()
+    assert looked_up["covered"] == "not-covered" and looked_up["date_of_service"] == "2025-03-03"
+    fb = {"feedback": [{"card": body["cards"][0]["uuid"], "outcome": "overridden",
+                        "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}
+    assert client.post(f"/cds-services/{SIGN}/feedback", json=fb).status_code == 200
+    assert (count(database_url, hook_calls), count(database_url, coverage_assertions),
+            count(database_url, feedback)) == (1, 1, 1)
+
+
+def test_postgres_schema_must_be_migrated_first(postgres_url: str) -> None:
+    with pytest.raises(SchemaOutOfDate, match="db upgrade"):
+        create_app({"DATABASE_URL": postgres_url})
+
+
+def test_db_upgrade_command_on_postgres(postgres_url: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "cds_service", "db", "upgrade"], capture_output=True, text=True,
+                         env={**os.environ, "CDS_DATABASE_URL": postgres_url}, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and "revision 0001" in out.stdout, out.stderr
+    create_app({"DATABASE_URL": postgres_url})  # now starts
+
+
+# ---------------------------------------------------------------- real processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServiceProcess:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--port", str(self.port)],
+                                     env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
+            try:
+                if requests.get(f"{self.base}/cds-services", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError("service did not start")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def issuers_file(tmp_path: Path) -> str:
+    key = {**ECAlgorithm.to_jwk(KEY.public_key(), as_dict=True), "kid": "k1"}
+    path = tmp_path / "issuers.json"
+    path.write_text(json.dumps({"issuers": [{"iss": ISS, "jwks": {"keys": [key]}}]}))
+    return str(path)
+
+
+def token(url: str) -> str:
+    now = int(time.time())
+    return jwt.encode({"iss": ISS, "aud": url, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}, KEY,
+                      algorithm="ES384", headers={"kid": "k1"})
+
+
+def test_two_replicas_on_one_postgres(postgres_url: str, tmp_path: Path) -> None:
+    upgrade_schema(make_engine(postgres_url))
+    env = {"CDS_DATABASE_URL": postgres_url, "CDS_TRUSTED_ISSUERS": issuers_file(tmp_path), "CDS_TODAY": "2026-11-25"}
+    replicas = [ServiceProcess(env), ServiceProcess(env)]
+    try:
+        calls_per_replica, feedback_per_replica = 40, 20
+
+        def hook(replica: ServiceProcess) -> list[str]:
+            url = f"{replica.base}/cds-services/{SIGN}"
+            orders = [service_request("0530U", "2025-03-03", rid="a"), service_request("0091U", "2025-03-03", rid="b")]
+            resp = requests.post(url, json=hook_request(*orders), headers={"Authorization": f"Bearer {token(url)}"},
+                                 timeout=20)
+            assert resp.status_code == 200, resp.text
+            return [e["valueString"] for a in resp.json()["systemActions"] for ext in a["resource"]["extension"]
+                    for e in ext["extension"] if e["url"] == "coverage-assertion-id"]
+
+        def send_feedback(replica: ServiceProcess) -> int:
+            url = f"{replica.base}/cds-services/{SIGN}/feedback"
+            fb = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden",
+                                "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}
+            return requests.post(url, json=fb, headers={"Authorization": f"Bearer {token(url)}"},
+                                 timeout=20).status_code
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            hooks = [pool.submit(hook, r) for r in replicas for _ in range(calls_per_replica)]
+            fbs = [pool.submit(send_feedback, r) for r in replicas for _ in range(feedback_per_replica)]
+            ids = [i for f in hooks for i in f.result()]
+            statuses = [f.result() for f in fbs]
+
+        assert statuses == [200] * (2 * feedback_per_replica)
+        assert len(ids) == 2 * calls_per_replica * 2 and len(set(ids)) == len(ids)  # no duplicate assertion ids
+        assert count(postgres_url, hook_calls) == 2 * calls_per_replica  # no lost rows
+        assert count(postgres_url, coverage_assertions) == len(ids)
+        assert count(postgres_url, feedback) == 2 * feedback_per_replica
+    finally:
+        for r in replicas:
+            r.stop()
+
+
+def test_replayed_jti_rejected_by_the_other_replica(postgres_url: str, tmp_path: Path) -> None:
+    upgrade_schema(make_engine(postgres_url))
+    env = {"CDS_DATABASE_URL": postgres_url, "CDS_TRUSTED_ISSUERS": issuers_file(tmp_path),
+           "CDS_PUBLIC_BASE_URL": "https://cds.payer.example"}  # both replicas sit behind one public URL
+    first, second = ServiceProcess(env), ServiceProcess(env)
+    try:
+        path = f"/cds-services/{SIGN}"
+        shared = token(f"https://cds.payer.example{path}")
+        headers = {"Authorization": f"Bearer {shared}"}
+        assert requests.post(first.base + path, json=hook_request(service_request()), headers=headers,
+                             timeout=20).status_code == 200
+        replay = requests.post(second.base + path, json=hook_request(service_request()), headers=headers, timeout=20)
+        assert replay.status_code == 401 and "replay" in replay.json()["issue"][0]["diagnostics"]
+        assert count(postgres_url, hook_calls) == 1
+    finally:
+        first.stop()
+        second.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_feedback_survives_kill_9_right_after_200(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'durable.sqlite3'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        upgrade_schema(make_engine(url))
+    service = ServiceProcess({"CDS_DATABASE_URL": url})
+    card = str(uuid.uuid4())
+    fb = {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}
+    resp = requests.post(f"{service.base}/cds-services/{SIGN}/feedback", json=fb, timeout=20)
+    os.kill(service.proc.pid, signal.SIGKILL)
+    service.proc.wait(10)
+    assert resp.status_code == 200
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(feedback.c.card).where(feedback.c.card == card)).all()
+    engine.dispose()
+    assert len(rows) == 1
