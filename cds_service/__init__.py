@@ -25,7 +25,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     A broken knowledge artifact raises ``KnowledgeError`` here, so the service never starts with it;
     a bad setting or trusted-issuers file raises ``ValueError``.
     """
-    app = Flask(__name__, instance_relative_config=True)
+    app = Flask(__name__, instance_relative_config=True, static_folder=None)
     settings = load_settings(config)
     app.config.update(settings)
 
@@ -66,10 +66,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     CORS(app, origins=[o.strip() for o in settings["CORS_ORIGINS"].split(",")],
          allow_headers=["authorization", "content-type"], max_age=3600)
 
-    from cds_service.web import errors, hooks
+    from cds_service.web import errors, hooks, ops
 
     errors.register(app)
     app.register_blueprint(hooks.bp)
+    app.register_blueprint(ops.bp)
     return app
 
 

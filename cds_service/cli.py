@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from cds_service.knowledge import DEFAULT_DIR, KnowledgeError
+from cds_service.observability import configure_logging
 from cds_service.store import SchemaOutOfDate
 
 log = logging.getLogger("cds_service")
@@ -201,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

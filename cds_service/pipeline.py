@@ -24,6 +24,7 @@ from cds_service.intake import (
     parse_hook_call,
 )
 from cds_service.knowledge import Knowledge
+from cds_service.observability import DECISIONS, FHIR_FETCH_ERRORS, hook_instance
 from cds_service.render import RenderOptions, render
 from cds_service.services import CONFIGURATION_OPTIONS, ServiceSpec
 from cds_service.store import Store, utcnow
@@ -64,6 +65,7 @@ class Engine:
         spec = self.services[service_id]
         today = self.today()
         call = parse_hook_call(body, spec.hook, self.knowledge, today)
+        hook_instance.set(call.hook_instance)
         disabled = _disabled_card_types(call.configuration)
 
         coverage = coverage_from_prefetch(call.prefetch.get("coverage"))
@@ -73,6 +75,8 @@ class Engine:
 
         decision = decide(call.orders, coverage, self.knowledge, today, self.plan_keywords, patient_categories)
         rendered = render(decision, self.knowledge, RenderOptions(self.payer_label, disabled))
+        for od in decision.orders:
+            DECISIONS.labels(od.outcome.value).inc()
 
         orders_audit = [{"reference": od.order.reference, "codes": list(od.order.codes),
                          "date_of_service": od.order.date_of_service.isoformat(), "outcome": od.outcome.value}
@@ -105,6 +109,7 @@ class Engine:
         if not call.fhir_server or not isinstance(patient, str) or not patient:
             return fallback
         if not self.fhir.allowed(call.fhir_server, client):
+            FHIR_FETCH_ERRORS.labels("not-allowed").inc()
             log.warning("hookInstance=%s fhirServer %s is not on the allow-list; not called",
                         call.hook_instance, call.fhir_server)
             return CoverageFacts(CoverageStatus.UNAVAILABLE)
@@ -113,6 +118,7 @@ class Engine:
             resources = self.fhir.client.search(call.fhir_server, "Coverage", {"patient": patient, "status": "active"},
                                                 token if isinstance(token, str) else None, deadline)
         except FetchError as exc:
+            FHIR_FETCH_ERRORS.labels(exc.reason).inc()
             log.warning("hookInstance=%s coverage fetch failed: %s", call.hook_instance, exc)
             return CoverageFacts(CoverageStatus.UNAVAILABLE)
         return coverage_facts(resources)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from cds_service.auth import AuthError, Client
 from cds_service.intake import RequestError
+from cds_service.observability import AUTH_FAILURES, LATENCY, REQUESTS, hook_instance
 from cds_service.pipeline import Engine
 from cds_service.services import discovery
 from cds_service.web.errors import operation_outcome
 
 bp = Blueprint("cds_hooks", __name__)
+log = logging.getLogger("cds_service.requests")
 
 
 def _engine() -> Engine:
@@ -41,11 +45,31 @@ def _bad_request(exc: RequestError) -> Response:
 
 @bp.errorhandler(AuthError)
 def _unauthenticated(exc: AuthError) -> Response:
+    AUTH_FAILURES.inc()
     resp = operation_outcome(401, str(exc))
     detail = str(exc).replace('"', "'")
     resp.headers["WWW-Authenticate"] = (f'Bearer realm="cds-services", error="invalid_token", '
                                         f'error_description="{detail}"')
     return resp
+
+
+@bp.before_request
+def _start_clock() -> None:
+    g.started = time.perf_counter()
+    hook_instance.set(None)
+
+
+@bp.after_request
+def _observe(response: Response) -> Response:
+    """One metrics sample and one JSON log line per call, carrying the hookInstance when known."""
+    endpoint = (request.endpoint or "unknown").rsplit(".", 1)[-1]
+    service = (request.view_args or {}).get("service_id", "")
+    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+    REQUESTS.labels(endpoint, service, str(response.status_code)).inc()
+    LATENCY.labels(endpoint, service).observe(elapsed)
+    log.info("%s %s %s", request.method, request.path, response.status_code,
+             extra={"service": service, "status": response.status_code, "latency_ms": round(elapsed * 1000, 2)})
+    return response
 
 
 def _authenticate() -> Client | None:

@@ -1,0 +1,65 @@
+"""Metrics (Prometheus) and structured JSON logs, with the hookInstance on every line of a hook call."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+hook_instance: ContextVar[str | None] = ContextVar("hook_instance", default=None)
+
+REQUESTS = Counter("cds_requests_total", "HTTP requests by endpoint and status", ["endpoint", "service", "status"])
+LATENCY = Histogram("cds_request_seconds", "Request latency by endpoint and service", ["endpoint", "service"],
+                    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+DECISIONS = Counter("cds_decisions_total", "Order decisions by outcome", ["outcome"])
+FHIR_FETCH_ERRORS = Counter("cds_fhir_fetch_errors_total", "Failed FHIR fetches by reason", ["reason"])
+AUTH_FAILURES = Counter("cds_auth_failures_total", "Rejected client tokens")
+
+
+def metrics_payload() -> tuple[bytes, str]:
+    """The exposition text; aggregated over gunicorn workers when PROMETHEUS_MULTIPROC_DIR is set."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        instance = getattr(record, "hookInstance", None) or hook_instance.get()
+        if instance:
+            entry["hookInstance"] = instance
+        for key in ("service", "status", "latency_ms", "outcome"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # our own request line replaces its access log
