@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,20 +13,10 @@ import orjson
 
 from cds_service.knowledge import DEFAULT_DIR, KnowledgeError
 from cds_service.observability import configure_logging
+from cds_service.security import unauthenticated_bind_problem
 from cds_service.store import SchemaOutOfDate
 
 log = logging.getLogger("cds_service")
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        try:
-            return all(ipaddress.ip_address(info[4][0]).is_loopback
-                       for info in socket.getaddrinfo(host, None))
-        except OSError:
-            return False
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -41,14 +29,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (KnowledgeError, ValueError, SchemaOutOfDate) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    authenticated = app.extensions["cds_engine"].verifier is not None
-    if not authenticated and not is_loopback(args.host):
-        if not (args.allow_unauthenticated or app.config["ALLOW_UNAUTHENTICATED"]):
-            print(f"error: refusing to serve without client authentication on {args.host}: configure "
-                  "CDS_TRUSTED_ISSUERS, bind to 127.0.0.1, or pass --allow-unauthenticated", file=sys.stderr)
-            return 2
-        log.warning("serving WITHOUT client authentication on %s: any client that can reach it may call it",
-                    args.host)
+    problem = unauthenticated_bind_problem([f"{args.host}:{args.port}"], app.config, args.allow_unauthenticated)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     print(f"Liquid-biopsy CDS service on http://{args.host}:{args.port}/cds-services", file=sys.stderr)
     run_simple(args.host, args.port, app, threaded=True)
     return 0

@@ -37,6 +37,15 @@ def metrics_payload() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
+class HookInstanceFilter(logging.Filter):
+    """Stamps each record with the hookInstance of the call being handled in this thread."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "hookInstance"):
+            record.hookInstance = hook_instance.get()
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -45,7 +54,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        instance = getattr(record, "hookInstance", None) or hook_instance.get()
+        instance = getattr(record, "hookInstance", None)
         if instance:
             entry["hookInstance"] = instance
         for key in ("service", "status", "latency_ms", "outcome"):
@@ -59,6 +68,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(HookInstanceFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

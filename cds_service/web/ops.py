@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -44,6 +45,14 @@ def readyz() -> Response:
         return operation_outcome(503, f"database unreachable: {exc.__class__.__name__}")
     return _json({"status": "ready", "artifacts": engine.knowledge.artifact_digest,
                   "policy": engine.knowledge.policy_label, "policyVersion": engine.knowledge.policy_version})
+
+
+OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return Response(OPENAPI, mimetype="application/json")
 
 
 @bp.get("/metrics")

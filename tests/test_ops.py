@@ -1,0 +1,239 @@
+"""Everyday use over real HTTP: health, readiness, metrics, JSON logs, policy pages, the OpenAPI
+document (real responses checked against it) and the production server (gunicorn)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from sqlalchemy import create_engine
+
+from cds_service.observability import HookInstanceFilter, JsonFormatter
+from tests.conftest import SELECT, SIGN, LiveService, coverage, hook_request, service_request
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_healthz(cds: LiveService) -> None:
+    resp = requests.get(cds.url("/healthz"), timeout=5)
+    assert resp.status_code == 200 and resp.json() == {"status": "alive"}
+
+
+def test_readyz_ready_then_database_gone(cds: LiveService) -> None:
+    ready = requests.get(cds.url("/readyz"), timeout=5)
+    assert ready.status_code == 200 and ready.json()["artifacts"] == cds.engine.knowledge.artifact_digest
+    cds.engine.store.engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:9/none",
+                                            connect_args={"connect_timeout": 1})
+    down = requests.get(cds.url("/readyz"), timeout=10)
+    assert down.status_code == 503 and "database unreachable" in down.json()["issue"][0]["diagnostics"]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        named = line.startswith((name + "{", name + " "))
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_requests_decisions_and_failures(cds: LiveService) -> None:
+    before = requests.get(cds.url("/metrics"), timeout=5).text
+    cds.call(hook_request(service_request("0530U", "2025-03-03")))
+    cds.call(hook_request(service_request("0530U", "2026-08-03")))
+    cds.http.post(cds.url(f"/cds-services/{SIGN}"), json={"hook": "order-sign"}, timeout=5)
+    after = requests.get(cds.url("/metrics"), timeout=5).text
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("cds_requests_total", endpoint="call_service", service=SIGN, status="200") == 2
+    assert delta("cds_requests_total", endpoint="call_service", service=SIGN, status="400") == 1
+    assert delta("cds_decisions_total", outcome="investigational") == 1
+    assert delta("cds_decisions_total", outcome="retired") == 1
+    assert delta("cds_request_seconds_count", endpoint="call_service", service=SIGN) == 3
+
+
+def test_fhir_fetch_errors_and_auth_failures_are_counted(service_factory: Any, tmp_path: Path) -> None:
+    svc = service_factory(FHIR_SERVERS="http://127.0.0.1:9/fhir", FHIR_ALLOW_HTTP=True, FHIR_BUDGET_SECONDS=0.5)
+    before = requests.get(svc.url("/metrics"), timeout=5).text
+    body = hook_request(service_request(), coverages=None)
+    body["fhirServer"] = "http://127.0.0.1:9/fhir"
+    svc.call(body)
+    issuers = tmp_path / "i.json"
+    from tests.test_auth import EC_KEY, jwk
+
+    issuers.write_text(json.dumps({"issuers": [{"iss": "x", "jwks": {"keys": [jwk(EC_KEY, "k")]}}]}))
+    secured = service_factory(TRUSTED_ISSUERS=str(issuers))
+    assert secured.http.post(secured.url(f"/cds-services/{SIGN}"), json={}, timeout=5).status_code == 401
+    after = requests.get(svc.url("/metrics"), timeout=5).text
+    assert metric(after, "cds_fhir_fetch_errors_total", reason="connection") > \
+        metric(before, "cds_fhir_fetch_errors_total", reason="connection")
+    assert metric(after, "cds_auth_failures_total") >= metric(before, "cds_auth_failures_total") + 1
+
+
+def test_json_log_lines_carry_the_hook_instance(cds: LiveService) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(HookInstanceFilter())
+    logger = logging.getLogger("cds_service")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        body = hook_request(service_request(), coverages=None)
+        body["fhirServer"] = "https://not-allowed.example/fhir"  # logs a warning inside the call
+        cds.call(body)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) >= 2
+    assert all(line["hookInstance"] == body["hookInstance"] for line in lines)
+    request_line = next(line for line in lines if line["logger"] == "cds_service.requests")
+    assert request_line["status"] == 200 and request_line["service"] == SIGN and request_line["latency_ms"] > 0
+
+
+# ---------------------------------------------------------------- policy pages
+
+
+def test_main_policy_page(cds: LiveService) -> None:
+    page = requests.get(cds.url("/policies/mp-2-267"), timeout=5)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    html = page.text
+    for expected in ("MP 2.267", "Retired", "2026-07-01", "0530U", "2025-01-01", "81277", "2023-10-06",
+                     "EviCore", "fepblue.org", "/policies/mp-2-241"):
+        assert expected in html, expected
+
+
+def test_alternative_policy_pages(cds: LiveService) -> None:
+    for number in ("2.235", "2.241", "2.259", "2.277", "2.280", "2.315", "2.316", "2.364"):
+        page = requests.get(cds.url(f"/policies/mp-{number.replace('.', '-')}"), timeout=5)
+        assert page.status_code == 200 and f"MP {number}" in page.text
+    nsclc = requests.get(cds.url("/policies/mp-2-241"), timeout=5).text
+    assert "C34" in nsclc and "own words" in nsclc
+    assert requests.get(cds.url("/policies/mp-9-999"), timeout=5).status_code == 404
+
+
+# ---------------------------------------------------------------- OpenAPI
+
+
+@pytest.fixture(scope="module")
+def openapi() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((ROOT / "cds_service/web/openapi.json").read_text())
+    return doc
+
+
+def check(openapi: dict[str, Any], path: str, method: str, resp: requests.Response) -> None:
+    """Validate a real response against the document's schema for that path, method and status."""
+    spec = openapi["paths"][path][method]["responses"][str(resp.status_code)]
+    if "$ref" in spec:
+        spec = openapi["components"]["responses"][spec["$ref"].rsplit("/", 1)[1]]
+    media = resp.headers["Content-Type"].split(";")[0]
+    schema = spec["content"][media]["schema"]
+    registry = Registry().with_resource("urn:openapi", Resource.from_contents(
+        {**openapi, "$schema": "https://json-schema.org/draft/2020-12/schema"}))
+    ref_schema = {"$ref": "urn:openapi#" + schema["$ref"][1:]} if "$ref" in schema else schema
+    if media.endswith("json"):
+        Draft202012Validator(ref_schema, registry=registry).validate(resp.json())
+
+
+def test_openapi_is_served_and_is_valid_3_1(cds: LiveService, openapi: dict[str, Any]) -> None:
+    served = requests.get(cds.url("/openapi.json"), timeout=5)
+    assert served.status_code == 200 and served.json() == openapi
+    assert openapi["openapi"].startswith("3.1")
+    Draft202012Validator.check_schema({"$defs": openapi["components"]["schemas"]})
+
+
+def test_real_responses_match_the_openapi_document(cds: LiveService, openapi: dict[str, Any]) -> None:
+    http = cds.http
+    check(openapi, "/cds-services", "get", http.get(cds.url("/cds-services"), timeout=5))
+    hook = http.post(cds.url(f"/cds-services/{SIGN}"), json=hook_request(service_request("0530U", "2025-03-03")),
+                     timeout=5)
+    check(openapi, "/cds-services/{service_id}", "post", hook)
+    for body in (hook_request(service_request("0239U", "2025-03-03", icd=("C34.9",))),
+                 hook_request(service_request("0530U", "2026-08-03"), coverages=(coverage(plan="FEP Blue"),)),
+                 hook_request(service_request("0530U", "2025-03-03"), coverages=())):
+        check(openapi, "/cds-services/{service_id}", "post",
+              http.post(cds.url(f"/cds-services/{SIGN}"), json=body, timeout=5))
+    check(openapi, "/cds-services/{service_id}", "post",
+          http.post(cds.url(f"/cds-services/{SELECT}"), json=hook_request(service_request(), hook="order-select"),
+                    timeout=5))
+    check(openapi, "/cds-services/{service_id}", "post", http.post(cds.url(f"/cds-services/{SIGN}"), json={},
+                                                                   timeout=5))
+    check(openapi, "/cds-services/{service_id}", "post", http.post(cds.url("/cds-services/nope"), json={}, timeout=5))
+    check(openapi, "/cds-services/{service_id}", "post", cds.post_raw(f"/cds-services/{SIGN}", b"x", "text/plain"))
+    card = hook.json()["cards"][0]["uuid"]
+    fb = {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}
+    check(openapi, "/cds-services/{service_id}/feedback", "post",
+          http.post(cds.url(f"/cds-services/{SIGN}/feedback"), json=fb, timeout=5))
+    check(openapi, "/cds-services/{service_id}/feedback", "post",
+          http.post(cds.url(f"/cds-services/{SIGN}/feedback"), json={"feedback": []}, timeout=5))
+    assertion_id = next(e["valueString"] for ext in hook.json()["systemActions"][0]["resource"]["extension"]
+                        for e in ext["extension"] if e["url"] == "coverage-assertion-id")
+    check(openapi, "/coverage-assertions/{assertion_id}", "get",
+          http.get(cds.url(f"/coverage-assertions/{assertion_id}"), timeout=5))
+    check(openapi, "/coverage-assertions/{assertion_id}", "get", http.get(cds.url("/coverage-assertions/x"),
+                                                                          timeout=5))
+    check(openapi, "/healthz", "get", http.get(cds.url("/healthz"), timeout=5))
+    check(openapi, "/readyz", "get", http.get(cds.url("/readyz"), timeout=5))
+    check(openapi, "/playground/options", "get", http.get(cds.url("/playground/options"), timeout=5))
+
+
+def test_every_route_is_documented(cds: LiveService, openapi: dict[str, Any]) -> None:
+    documented = {p.replace("{", "<").replace("}", ">") for p in openapi["paths"]}
+    routes = {r.rule for r in cds.app.url_map.iter_rules() if not r.rule.startswith("/static")}
+    missing = {r for r in routes if r not in documented and r not in ("/playground", "/policies/")}
+    assert not missing, missing
+
+
+# ---------------------------------------------------------------- production server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_gunicorn_serves_the_app(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'g.sqlite3'}", "CDS_BIND": f"127.0.0.1:{port}",
+           "CDS_WORKERS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cds_service.wsgi:app"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        answer = requests.post(f"http://127.0.0.1:{port}/cds-services/{SIGN}",
+                               json=hook_request(service_request("0530U", "2025-03-03")), timeout=10)
+        assert answer.status_code == 200 and answer.json()["cards"][0]["indicator"] == "warning"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def test_gunicorn_refuses_unauthenticated_public_bind() -> None:
+    env = {**os.environ, "CDS_BIND": f"0.0.0.0:{free_port()}"}
+    env.pop("CDS_ALLOW_UNAUTHENTICATED", None)
+    env.pop("CDS_TRUSTED_ISSUERS", None)
+    out = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cds_service.wsgi:app"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "refusing to serve without client authentication" in out.stderr
