@@ -61,6 +61,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         today=(lambda: pinned) if pinned else utc_today,
         fhir=fhir,
         verifier=verifier,
+        public_base_url=settings["PUBLIC_BASE_URL"].rstrip("/"),
     )
 
     CORS(app, origins=[o.strip() for o in settings["CORS_ORIGINS"].split(",")],

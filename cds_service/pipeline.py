@@ -58,6 +58,7 @@ class Engine:
     today: Callable[[], date]
     fhir: FhirAccess
     verifier: TokenVerifier | None = None
+    public_base_url: str = ""
 
     def handle_hook(self, service_id: str, body: Any, client: Client | None = None) -> dict[str, Any]:
         started = time.perf_counter()
@@ -74,7 +75,8 @@ class Engine:
         patient_categories = ConditionIndex([], call.prefetch).categories(self.knowledge.icd10_system)
 
         decision = decide(call.orders, coverage, self.knowledge, today, self.plan_keywords, patient_categories)
-        rendered = render(decision, self.knowledge, RenderOptions(self.payer_label, disabled))
+        options = RenderOptions(self.payer_label, disabled, pages_base=self.public_base_url)
+        rendered = render(decision, self.knowledge, options)
         for od in decision.orders:
             DECISIONS.labels(od.outcome.value).inc()
 

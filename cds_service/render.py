@@ -13,7 +13,7 @@ from typing import Any
 
 from cds_service import terminology
 from cds_service.decision import Assertion, CoverageStatus, Decision, OrderDecision, Outcome
-from cds_service.knowledge.model import Knowledge, Link, Route
+from cds_service.knowledge.model import Knowledge, Link, Route, page_id
 
 SUMMARY_LIMIT = 139  # CDS Hooks: summary SHALL be under 140 characters
 
@@ -22,6 +22,7 @@ SUMMARY_LIMIT = 139  # CDS Hooks: summary SHALL be under 140 characters
 class RenderOptions:
     payer_label: str
     disabled_card_types: frozenset[str] = frozenset()  # CRD configuration: card types turned off
+    pages_base: str = ""  # public base URL: when set, cards also link this service's policy pages
     new_id: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
 
 
@@ -124,6 +125,9 @@ def _card(action_id: str, knowledge: Knowledge, options: RenderOptions, links: l
         summary = summary[: SUMMARY_LIMIT - 1].rstrip() + "…"
     detail = "\n\n".join(p for p in (template.detail.format_map(fill), *extra) if p)
     unique = list(dict.fromkeys(links))
+    if options.pages_base:
+        unique.append(Link(f"{knowledge.policy_label} summary and code history (this service)",
+                           f"{options.pages_base}/policies/{page_id(knowledge.policy_label)}"))
     return {
         "uuid": options.new_id(),
         "summary": summary,

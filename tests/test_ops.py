@@ -127,6 +127,14 @@ def test_alternative_policy_pages(cds: LiveService) -> None:
     assert requests.get(cds.url("/policies/mp-9-999"), timeout=5).status_code == 404
 
 
+def test_cards_link_the_policy_page_when_public_base_url_is_set(service_factory: Any) -> None:
+    svc = service_factory(PUBLIC_BASE_URL="https://cds.payer.example/")
+    card = svc.call(hook_request(service_request("0530U", "2025-03-03")))["cards"][0]
+    assert card["links"][-1]["url"] == "https://cds.payer.example/policies/mp-2-267"
+    plain = service_factory().call(hook_request(service_request("0530U", "2025-03-03")))["cards"][0]
+    assert not any("/policies/" in link["url"] for link in plain["links"])
+
+
 # ---------------------------------------------------------------- OpenAPI
 
 

@@ -46,6 +46,11 @@ class ListedCode:
         return any(m.contains(day) for m in self.memberships)
 
 
+def page_id(label: str) -> str:
+    """The id of a policy's page on this service: 'MP 2.241' -> 'mp-2-241'."""
+    return label.lower().replace(" ", "-").replace(".", "-")
+
+
 @dataclass(frozen=True, slots=True)
 class Link:
     label: str

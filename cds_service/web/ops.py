@@ -10,6 +10,7 @@ from flask import Blueprint, Response, abort, current_app, render_template, send
 from sqlalchemy import text
 
 from cds_service.knowledge.model import Knowledge
+from cds_service.knowledge.model import page_id as policy_page_id
 from cds_service.observability import metrics_payload
 from cds_service.pipeline import Engine
 from cds_service.store import SchemaOutOfDate
@@ -62,11 +63,6 @@ def metrics() -> Response:
 
 
 # ---------------------------------------------------------------- policy pages
-
-
-def policy_page_id(label: str) -> str:
-    """'MP 2.241' -> 'mp-2-241'."""
-    return label.lower().replace(" ", "-").replace(".", "-")
 
 
 @bp.get("/policies/")
