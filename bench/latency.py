@@ -56,7 +56,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app({"DATABASE_URL": f"sqlite:///{tmp}/bench.sqlite3"})
-        server, base = serve(app)
+        _server, base = serve(app)
         url = f"{base}/cds-services/liquid-biopsy-order-sign"
         sample = requests.post(url, data=request, headers={"Content-Type": "application/json"}).content
 
@@ -66,7 +66,7 @@ def main() -> None:
         def fixed() -> Response:
             return Response(sample, mimetype="application/json")
 
-        bserver, bbase = serve(baseline)
+        _baseline_server, bbase = serve(baseline)
         service = measure(url, request, args.calls)
         ceiling = measure(f"{bbase}/cds-services/liquid-biopsy-order-sign", request, args.calls)
 
