@@ -32,7 +32,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     knowledge = load_knowledge(Path(settings["KNOWLEDGE_DIR"]) if settings["KNOWLEDGE_DIR"] else None,
                                settings["CANONICAL_BASE"] or None)
 
-    store = Store(make_engine(database_url(settings, app.instance_path)))
+    store = Store(make_engine(database_url(settings, app.instance_path), settings["SQLITE_SYNCHRONOUS"].upper()))
     if store.engine.dialect.name == "sqlite":
         upgrade_schema(store.engine)  # the embedded default migrates itself
     else:

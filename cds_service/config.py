@@ -28,6 +28,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Canonical URL base to publish the artifacts under (default: as written in the files)."),
     Setting("DATABASE_URL", "", str,
             "SQLAlchemy URL of the store (default: SQLite file cds.sqlite3 in the instance folder)."),
+    Setting("SQLITE_SYNCHRONOUS", "NORMAL", str,
+            "SQLite durability: NORMAL survives a killed process, FULL also an OS crash or power cut (slower)."),
     Setting("PAYER_NAME", "", str, "Card source label (default: the PlanDefinition's publisher)."),
     Setting("PLAN_MATCH_KEYWORDS", "", str,
             "Comma-separated words marking a plan with its own policy manual (default: the PlanDefinition's "

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from fhir.resources.R4B.coverage import Coverage
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
@@ -265,16 +264,21 @@ def coverage_from_prefetch(value: Any) -> CoverageFacts | None:
 
 def coverage_facts(resources: list[Any]) -> CoverageFacts:
     coverages = [r for r in resources if isinstance(r, dict) and r.get("resourceType") == "Coverage"]
-    for r in coverages:
+    if not all(_readable_coverage(r) for r in coverages):
         # A Coverage we cannot read is no basis for a coverage statement: coverage is then unknown.
-        if _null_path(r) is not None:
-            return CoverageFacts(CoverageStatus.UNAVAILABLE)
-        try:
-            Coverage.model_validate(r)
-        except ValidationError:
-            return CoverageFacts(CoverageStatus.UNAVAILABLE)
-    active = tuple(plan_coverage(r) for r in coverages if r.get("status") == "active")
+        return CoverageFacts(CoverageStatus.UNAVAILABLE)
+    active = tuple(plan_coverage(r) for r in coverages if r["status"] == "active")
     return CoverageFacts(CoverageStatus.FOUND if active else CoverageStatus.NONE, active)
+
+
+def _readable_coverage(r: dict[str, Any]) -> bool:
+    """The elements the decision reads are present and of their FHIR types (checked by hand: a full
+    fhir.resources validation of every prefetched Coverage costs more than the whole decision)."""
+    def strings(items: Any, *keys: str) -> bool:
+        return isinstance(items, list) and all(
+            isinstance(i, dict) and all(isinstance(i.get(k, ""), str) for k in keys) for i in items)
+    return (isinstance(r.get("id"), str) and bool(r["id"]) and isinstance(r.get("status"), str)
+            and strings(r.get("class", []), "value", "name") and strings(r.get("payor", []), "display"))
 
 
 def plan_coverage(resource: dict[str, Any]) -> PlanCoverage:

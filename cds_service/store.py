@@ -146,18 +146,23 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
     if url.startswith("sqlite") and make_url(url).database in (None, "", ":memory:"):
         # One shared connection, or every thread would get its own empty in-memory database.
         engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
     else:
         engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
+        if sqlite_synchronous not in ("NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"setting SQLITE_SYNCHRONOUS: {sqlite_synchronous!r} is not NORMAL, FULL or EXTRA")
+
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
+            # WAL + NORMAL: a commit is in the WAL before the answer leaves, so it survives the
+            # process being killed; only an OS crash or power cut can lose the last commits.
+            cur.execute(f"PRAGMA synchronous={sqlite_synchronous}")
             cur.execute("PRAGMA busy_timeout=5000")
             cur.close()
     return engine

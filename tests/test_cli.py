@@ -151,7 +151,8 @@ def test_artifacts_publish_fails_clearly() -> None:
 # ---------------------------------------------------------------- static checks
 
 
-@pytest.mark.parametrize("tool", [["ruff", "check", "cds_service", "tests"], ["mypy"]], ids=["ruff", "mypy"])
+@pytest.mark.parametrize("tool", [["ruff", "check", "cds_service", "tests", "bench", "gunicorn.conf.py"], ["mypy"]],
+                         ids=["ruff", "mypy"])
 def test_static_checks(tool: list[str]) -> None:
     out = subprocess.run([sys.executable, "-m", *tool], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -185,7 +185,7 @@
     var plan = $("plan");
     clear(plan);
     (data.plans || []).forEach(function (p) {
-      plan.appendChild(el("option", { value: p.id, text: p.label + (p.planName ? " (" + p.planName + ")" : "") }));
+      plan.appendChild(el("option", { value: p.id, text: p.label + (p.planName ? " — " + p.planName : "") }));
     });
     plan.value = "commercial";
 
@@ -214,7 +214,8 @@
     var hint = $("test-hint");
     if (!t) { hint.textContent = ""; return; }
     hint.textContent = t.listedCode
-      ? "On the " + options.policy + " list of investigational codes. " + (t.history || "")
+      ? (t.display ? t.display + ". " : "") + "On the " + options.policy + " list of investigational codes. " +
+        (t.history || "")
       : "A liquid-biopsy code that is not on the " + options.policy + " list.";
   }
 
