@@ -97,7 +97,7 @@ class Server:
             try:
                 if requests.get(self.base + "/cds-services", timeout=1).status_code == 200:
                     return time.perf_counter() - self.started
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or still starting
                 time.sleep(0.01)
         raise RuntimeError(f"{self.base} did not start")
 

@@ -228,7 +228,7 @@ def test_gunicorn_serves_the_app(tmp_path: Path) -> None:
             try:
                 if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or still starting
                 time.sleep(0.2)
         answer = requests.post(f"http://127.0.0.1:{port}/cds-services/{SIGN}",
                                json=hook_request(service_request("0530U", "2025-03-03")), timeout=10)

@@ -145,7 +145,7 @@ class ServiceProcess:
             try:
                 if requests.get(f"{self.base}/cds-services", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or still starting
                 time.sleep(0.1)
         raise RuntimeError("service did not start")
 
