@@ -1,10 +1,9 @@
-"""Command line: ``python -m cds_service serve | evaluate | artifacts check|bundle|publish``."""
+"""Command line: ``python -m cds_service serve | evaluate | db upgrade | artifacts check|bundle|publish``."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,6 @@ from cds_service.knowledge import DEFAULT_DIR, KnowledgeError
 from cds_service.observability import configure_logging
 from cds_service.security import unauthenticated_bind_problem
 from cds_service.store import SchemaOutOfDate
-
-log = logging.getLogger("cds_service")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

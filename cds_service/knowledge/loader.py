@@ -333,7 +333,6 @@ def build_knowledge(artifacts: list[Artifact], canonical_base: str) -> Knowledge
         coverage_reasons=coverage_reasons,
         artifact_digest=digest(artifacts),
         canonical_base=base,
-        files=tuple(a.name for a in artifacts),
     )
 
 

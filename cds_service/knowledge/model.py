@@ -6,7 +6,7 @@ nothing in this module knows a code, a date or a policy number.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 
@@ -116,7 +116,6 @@ class Knowledge:
     coverage_reasons: dict[str, Coding]
     artifact_digest: str
     canonical_base: str
-    files: tuple[str, ...] = field(default=())
 
     @property
     def last_day_in_force(self) -> date:
