@@ -1,4 +1,4 @@
-"""Liquid-biopsy CDS Hooks service (MP 2.267). ``create_app`` builds the Flask application."""
+"""Liquid-biopsy CDS Hooks service. ``create_app`` builds the Flask application."""
 
 from __future__ import annotations
 

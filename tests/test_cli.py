@@ -165,6 +165,4 @@ def test_no_policy_facts_in_python_code() -> None:
     for path in (ROOT / "cds_service").rglob("*.py"):
         text = path.read_text().lower()
         found = [f for f in facts if f.lower() in text]
-        # The docstring naming the product's policy is the one allowed mention of its number.
-        found = [f for f in found if not (f == "2.267" and text.count("2.267") == text.count('mp 2.267'))]
         assert not found, f"{path.relative_to(ROOT)} contains policy facts {found}"

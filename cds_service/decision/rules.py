@@ -1,4 +1,4 @@
-"""MP 2.267's rules as one pure function: (orders, coverage facts, knowledge, today) -> Decision.
+"""The liquid-biopsy policy's rules as one pure function: (orders, coverage facts, knowledge, today) -> Decision.
 
 No Flask, no I/O, no clock: the caller passes ``today``. Every fact comes from ``Knowledge``.
 """

@@ -47,7 +47,7 @@ class ListedCode:
 
 
 def page_id(label: str) -> str:
-    """The id of a policy's page on this service: 'MP 2.241' -> 'mp-2-241'."""
+    """The id of a policy's page on this service: 'MP 1.234' -> 'mp-1-234'."""
     return label.lower().replace(" ", "-").replace(".", "-")
 
 
@@ -59,7 +59,7 @@ class Link:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """A policy MP 2.267 cross-references (from the medical-policies CodeSystem)."""
+    """A policy the main policy cross-references (from the medical-policies CodeSystem)."""
 
     number: str
     label: str
@@ -70,7 +70,7 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A use MP 2.267 does not address, and the policy (if any) that governs it."""
+    """A use the main policy does not address, and the policy (if any) that governs it."""
 
     source: str  # the ICD-10-CM category or purpose code that triggers the route
     use: str  # human description of the use
