@@ -12,6 +12,7 @@ bind = [b.strip() for b in os.environ.get("CDS_BIND", "127.0.0.1:8080").split(",
 workers = int(os.environ.get("CDS_WORKERS", "2"))
 threads = int(os.environ.get("CDS_THREADS", "4"))
 worker_class = "gthread"
+preload_app = True  # load knowledge and migrate once, in the master, then fork (faster cold start)
 timeout = int(os.environ.get("CDS_TIMEOUT", "30"))
 graceful_timeout = 20
 keepalive = 5

@@ -8,6 +8,8 @@ committed before the HTTP response is sent. Names and other demographics are nev
 from __future__ import annotations
 
 import fcntl
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -171,6 +173,7 @@ def make_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._write_lock = _SqliteWriteLock(engine)
 
     def require_current_schema(self) -> None:
         current, head = current_revision(self.engine), head_revision()
@@ -181,7 +184,7 @@ class Store:
     def remember_jti(self, iss: str, jti: str, expires_at: datetime) -> bool:
         """Record a token id; False when it was seen before (a replay), on this replica or another."""
         try:
-            with self.engine.begin() as conn:
+            with self._write_lock, self.engine.begin() as conn:
                 conn.execute(delete(seen_jti).where(seen_jti.c.expires_at < utcnow()))
                 conn.execute(insert(seen_jti), [{"iss": iss, "jti": jti, "expires_at": expires_at}])
         except IntegrityError:
@@ -189,13 +192,13 @@ class Store:
         return True
 
     def record_hook_call(self, call: dict[str, Any], assertions: list[dict[str, Any]]) -> None:
-        with self.engine.begin() as conn:
+        with self._write_lock, self.engine.begin() as conn:
             conn.execute(insert(hook_calls), [call])
             if assertions:
                 conn.execute(insert(coverage_assertions), assertions)
 
     def record_feedback(self, rows: list[dict[str, Any]]) -> None:
-        with self.engine.begin() as conn:
+        with self._write_lock, self.engine.begin() as conn:
             conn.execute(insert(feedback), rows)
 
     def assertion(self, assertion_id: str) -> dict[str, Any] | None:
@@ -211,6 +214,38 @@ class Store:
     def feedback_for(self, card: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(select(feedback).where(feedback.c.card == card)).mappings()]
+
+
+class _SqliteWriteLock:
+    """Queues SQLite writers: threads on a lock, processes on a lock file.
+
+    SQLite lets one writer in at a time and makes the others poll with growing sleeps (up to
+    100 ms each), which under load gave multi-second tails; queueing on locks wakes the next
+    writer as soon as the last one commits. PostgreSQL needs none of this.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        self.path = f"{database}.write-lock" if database and database != ":memory:" else None
+        self.thread_lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        if self.path is None:
+            return
+        self.thread_lock.acquire()
+        if self._pid != os.getpid():  # one descriptor per process (gunicorn forks workers)
+            self._fd, self._pid = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600), os.getpid()
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path is None:
+            return
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self.thread_lock.release()
 
 
 def utcnow() -> datetime:

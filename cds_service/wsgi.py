@@ -1,7 +1,13 @@
 """WSGI entry point for production servers: ``gunicorn -c gunicorn.conf.py cds_service.wsgi:app``."""
 
+import os
+
 from cds_service import create_app
 from cds_service.observability import configure_logging
 
 configure_logging()
 app = create_app()
+
+# gunicorn preloads the app in its master and forks workers: a worker must not reuse the master's
+# database connections, so each child starts with an empty pool.
+os.register_at_fork(after_in_child=lambda: app.extensions["cds_engine"].store.engine.dispose(close=False))

@@ -21,6 +21,12 @@ ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 SIGN = "liquid-biopsy-order-sign"
 SELECT = "liquid-biopsy-order-select"
 TODAY = "2026-11-25"
+SCREENSHOTS: list[Path] = []  # browser screenshots taken in this run, reported at the end
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for path in SCREENSHOTS:
+        terminalreporter.write_line(f"playground screenshot: {path}")
 
 
 # ---------------------------------------------------------------- builders

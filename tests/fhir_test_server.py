@@ -20,6 +20,8 @@ class FhirTestServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body must not wait on delayed ACKs
+            wbufsize = 1 << 16  # one write per response (flushed by the base class)
 
             def do_GET(self) -> None:
                 owner.requests.append((self.path, self.headers.get("Authorization")))

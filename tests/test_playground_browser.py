@@ -17,6 +17,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from tests.conftest import SCREENSHOTS
+
 try:
     from selenium import webdriver
     from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
@@ -152,8 +154,8 @@ def screenshot(driver: Any, path: Path) -> Path:
         path.write_bytes(base64.b64decode(shot["data"]))
     except WebDriverException:
         driver.save_screenshot(str(path))
-    print(f"screenshot: {path}")
     assert path.exists() and path.stat().st_size > 0
+    SCREENSHOTS.append(path)  # listed at the end of the test run (tests/conftest.py)
     return path
 
 
