@@ -14,6 +14,7 @@ from werkzeug.serving import make_server
 
 from cds_service import create_app
 from cds_service.knowledge import Knowledge, load_knowledge
+from tests import report
 from tests.cds_rules import assert_valid_response
 
 CPT = "http://www.ama-assn.org/go/cpt"
@@ -21,11 +22,10 @@ ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 SIGN = "liquid-biopsy-order-sign"
 SELECT = "liquid-biopsy-order-select"
 TODAY = "2026-11-25"
-SCREENSHOTS: list[Path] = []  # browser screenshots taken in this run, reported at the end
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for path in SCREENSHOTS:
+    for path in report.SCREENSHOTS:
         terminalreporter.write_line(f"playground screenshot: {path}")
 
 

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from tests.conftest import SCREENSHOTS
+from tests.report import SCREENSHOTS
 
 try:
     from selenium import webdriver
