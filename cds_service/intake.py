@@ -38,6 +38,7 @@ class HookCall:
     fhir_server: str | None
     fhir_authorization: dict[str, Any] | None
     configuration: dict[str, Any] = field(default_factory=dict)
+    patient_categories: frozenset[str] = frozenset()  # ICD-10-CM categories of the patient's Conditions
 
 
 def parse_hook_call(body: Any, expected_hook: str, knowledge: Knowledge, today: date) -> HookCall:
@@ -94,7 +95,8 @@ def parse_hook_call(body: Any, expected_hook: str, knowledge: Knowledge, today: 
             orders.append(order)
 
     return HookCall(hook, instance, context, tuple(orders), prefetch, fhir_server, fhir_auth,
-                    configuration if isinstance(configuration, dict) else {})
+                    configuration if isinstance(configuration, dict) else {},
+                    conditions.categories(knowledge.icd10_system))
 
 
 def _null_path(node: Any, path: str = "") -> str | None:

@@ -16,7 +16,6 @@ from cds_service.auth import Client, TokenVerifier
 from cds_service.decision import CoverageFacts, CoverageStatus, decide
 from cds_service.fhir_client import FetchError, FhirClient
 from cds_service.intake import (
-    ConditionIndex,
     HookCall,
     RequestError,
     coverage_facts,
@@ -72,9 +71,8 @@ class Engine:
         coverage = coverage_from_prefetch(call.prefetch.get("coverage"))
         if coverage is None:
             coverage = self._fetch_coverage(call, client, deadline)
-        patient_categories = ConditionIndex([], call.prefetch).categories(self.knowledge.icd10_system)
-
-        decision = decide(call.orders, coverage, self.knowledge, today, self.plan_keywords, patient_categories)
+        decision = decide(call.orders, coverage, self.knowledge, today, self.plan_keywords,
+                          call.patient_categories)
         options = RenderOptions(self.payer_label, disabled, pages_base=self.public_base_url)
         rendered = render(decision, self.knowledge, options)
         for od in decision.orders:
@@ -112,16 +110,15 @@ class Engine:
             return fallback
         if not self.fhir.allowed(call.fhir_server, client):
             FHIR_FETCH_ERRORS.labels("not-allowed").inc()
-            log.warning("hookInstance=%s fhirServer %s is not on the allow-list; not called",
-                        call.hook_instance, call.fhir_server)
+            log.warning("fhirServer %s is not on the allow-list; not called", call.fhir_server)
             return CoverageFacts(CoverageStatus.UNAVAILABLE)
-        token = (call.fhir_authorization or {}).get("access_token")
+        token = call.fhir_authorization["access_token"] if call.fhir_authorization else None
         try:
             resources = self.fhir.client.search(call.fhir_server, "Coverage", {"patient": patient, "status": "active"},
-                                                token if isinstance(token, str) else None, deadline)
+                                                token, deadline)
         except FetchError as exc:
             FHIR_FETCH_ERRORS.labels(exc.reason).inc()
-            log.warning("hookInstance=%s coverage fetch failed: %s", call.hook_instance, exc)
+            log.warning("coverage fetch failed: %s", exc)
             return CoverageFacts(CoverageStatus.UNAVAILABLE)
         return coverage_facts(resources)
 
