@@ -142,6 +142,8 @@ class TokenVerifier:
             raise AuthError("The issuer's keys could not be fetched") from exc
         except jwt.PyJWKClientError as exc:
             raise AuthError("No key with the token's kid is known for this issuer") from exc
+        except jwt.PyJWTError as exc:  # e.g. the jku answered something that is not a usable JWKS
+            raise AuthError("The issuer's key set could not be read") from exc
 
     def _jwks_client(self, url: str) -> jwt.PyJWKClient:
         with self._lock:

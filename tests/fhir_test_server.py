@@ -1,5 +1,6 @@
-"""A small FHIR server over real HTTP for tests: serves Coverage searches, and can be made slow,
-down, unauthorised, failing or garbled."""
+"""A small FHIR server over real HTTP for tests: serves Coverage searches (and can be made slow,
+down, unauthorised, failing or garbled), stores PUT resources (artifact publishing), and serves
+fixed JSON documents at given paths (e.g. a JWKS for a jku)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from typing import Any
 
 
 class FhirTestServer:
-    def __init__(self) -> None:
+    def __init__(self, documents: dict[str, Any] | None = None, reject_put: str | None = None) -> None:
         self.mode = "ok"  # ok | slow | 401 | 500 | 500-once | garbage | not-bundle | drip
         self.coverages: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str | None]] = []  # (path, Authorization header)
         self.delay = 5.0
+        self.documents = documents or {}  # path -> JSON served as is
+        self.resources: dict[str, Any] = {}  # "Type/id" -> resource stored by PUT
+        self.reject_put = reject_put  # PUTs whose "Type/id" contains this answer 422
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -25,6 +29,8 @@ class FhirTestServer:
 
             def do_GET(self) -> None:
                 owner.requests.append((self.path, self.headers.get("Authorization")))
+                if self.path in owner.documents:
+                    return self._send(200, json.dumps(owner.documents[self.path]).encode())
                 mode = owner.mode
                 if mode == "500-once":
                     owner.mode = "ok"
@@ -55,6 +61,16 @@ class FhirTestServer:
                 bundle = {"resourceType": "Bundle", "type": "searchset",
                           "entry": [{"resource": c} for c in owner.coverages]}
                 return self._send(200, json.dumps(bundle).encode())
+
+            def do_PUT(self) -> None:
+                ref = "/".join(self.path.strip("/").split("/")[-2:])
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if owner.reject_put and owner.reject_put in ref:
+                    return self._send(422, json.dumps({"resourceType": "OperationOutcome", "issue": [
+                        {"severity": "error", "code": "invalid", "diagnostics": "rejected by test"}]}).encode())
+                status = 200 if ref in owner.resources else 201
+                owner.resources[ref] = body
+                return self._send(status, json.dumps(body).encode())
 
             def _send(self, status: int, body: bytes) -> None:
                 try:

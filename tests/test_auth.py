@@ -7,11 +7,9 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cds_service.store import coverage_assertions, feedback, hook_calls
 from tests.conftest import SIGN, LiveService, hook_request, service_request
+from tests.fhir_test_server import FhirTestServer
 
 ISS = "https://ehr.example.org"
 EC_KEY = ec.generate_private_key(ec.SECP384R1())
@@ -36,39 +35,22 @@ def jwk(private: Any, kid: str) -> dict[str, Any]:
     return {**key, "kid": kid, "use": "sig"}
 
 
-class JwksServer:
-    """Serves a JWKS over real HTTP, as an EHR's jku endpoint would."""
-
-    def __init__(self, keys: list[dict[str, Any]]) -> None:
-        body = json.dumps({"keys": keys}).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/jwks.json"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+def jwks_url(server: FhirTestServer) -> str:
+    return server.base.rsplit("/fhir", 1)[0] + "/jwks.json"
 
 
 @pytest.fixture(scope="module")
-def jwks_server() -> Iterator[JwksServer]:
-    server = JwksServer([jwk(EC_KEY, "jku-ec")])
+def jwks_server() -> Iterator[FhirTestServer]:
+    """Serves a JWKS over real HTTP, as an EHR's jku endpoint would."""
+    server = FhirTestServer(documents={"/jwks.json": {"keys": [jwk(EC_KEY, "jku-ec")]}})
     yield server
-    server.server.shutdown()
+    server.close()
 
 
 @pytest.fixture
-def secured(service_factory: Any, tmp_path: Path, jwks_server: JwksServer) -> LiveService:
+def secured(service_factory: Any, tmp_path: Path, jwks_server: FhirTestServer) -> LiveService:
     issuers = {"issuers": [{"iss": ISS, "jwks": {"keys": [jwk(EC_KEY, "ec-1"), jwk(RSA_KEY, "rsa-1")]},
-                            "jku": [jwks_server.url], "fhir_servers": []}]}
+                            "jku": [jwks_url(jwks_server)], "fhir_servers": []}]}
     path = tmp_path / "issuers.json"
     path.write_text(json.dumps(issuers))
     service: LiveService = service_factory(TRUSTED_ISSUERS=str(path))
@@ -194,9 +176,22 @@ def test_valid_tokens_are_accepted(secured: LiveService, key: Any, alg: str, kid
     assert secured.engine.store.count(hook_calls) == 1
 
 
-def test_key_from_an_allowed_jku(secured: LiveService, jwks_server: JwksServer) -> None:
-    resp = call(secured, token(secured, kid="jku-ec", headers={"jku": jwks_server.url}))
+def test_key_from_an_allowed_jku(secured: LiveService, jwks_server: FhirTestServer) -> None:
+    resp = call(secured, token(secured, kid="jku-ec", headers={"jku": jwks_url(jwks_server)}))
     assert resp.status_code == 200, resp.text
+
+
+def test_jku_answering_no_usable_key_set_is_401_not_500(service_factory: Any, tmp_path: Path) -> None:
+    broken = FhirTestServer(documents={"/jwks.json": {"keys": []}})
+    try:
+        issuers = tmp_path / "issuers.json"
+        issuers.write_text(json.dumps({"issuers": [{"iss": ISS, "jwks": {"keys": [jwk(EC_KEY, "ec-1")]},
+                                                    "jku": [jwks_url(broken)]}]}))
+        svc = service_factory(TRUSTED_ISSUERS=str(issuers))
+        resp = call(svc, token(svc, kid="jku-ec", headers={"jku": jwks_url(broken)}))
+        assert_rejected(svc, resp, "key set could not be read")
+    finally:
+        broken.close()
 
 
 def test_audit_and_assertions_record_the_client(secured: LiveService) -> None:

@@ -7,15 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.cds_rules import assert_valid_response
 from tests.conftest import hook_request, service_request
+from tests.fhir_test_server import FhirTestServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,61 +84,23 @@ def test_artifacts_bundle_is_a_transaction_of_every_artifact(tmp_path: Path) -> 
     assert all(e["request"]["method"] == "PUT" for e in bundle["entry"])
 
 
-class FakeFhirServer:
-    """A tiny FHIR server over real HTTP: stores PUT resources; can be told to fail."""
-
-    def __init__(self, fail_on: str | None = None) -> None:
-        self.resources: dict[str, Any] = {}
-        store, fail = self.resources, fail_on
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_PUT(self) -> None:
-                ref = self.path.strip("/").split("/", 1)[1] if self.path.count("/") > 2 else self.path.strip("/")
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if fail and fail in ref:
-                    self._send(422, {"resourceType": "OperationOutcome",
-                                     "issue": [{"severity": "error", "diagnostics": "rejected by test"}]})
-                    return
-                status = 200 if ref in store else 201
-                store[ref] = body
-                self._send(status, body)
-
-            def _send(self, status: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/fhir+json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/fhir"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 def test_artifacts_publish_puts_each_artifact_then_updates() -> None:
-    server = FakeFhirServer()
+    server = FhirTestServer()
     try:
-        first = run("artifacts", "publish", "--fhir-server", server.url)
+        first = run("artifacts", "publish", "--fhir-server", server.base)
         assert first.returncode == 0, first.stderr
         assert "PlanDefinition/mp-2-267" in server.resources
         assert first.stdout.count("created") == len(list((ROOT / "fhir_profiles").glob("*.json")))
-        second = run("artifacts", "publish", "--fhir-server", server.url)
+        second = run("artifacts", "publish", "--fhir-server", server.base)
         assert second.returncode == 0 and "created" not in second.stdout and "updated" in second.stdout
     finally:
         server.close()
 
 
 def test_artifacts_publish_fails_clearly() -> None:
-    server = FakeFhirServer(fail_on="ConceptMap")
+    server = FhirTestServer(reject_put="ConceptMap")
     try:
-        out = run("artifacts", "publish", "--fhir-server", server.url)
+        out = run("artifacts", "publish", "--fhir-server", server.base)
         assert out.returncode == 1 and "ConceptMap/" in out.stderr and "rejected by test" in out.stderr
     finally:
         server.close()
