@@ -120,7 +120,11 @@ class TokenVerifier:
         jti = claims["jti"]
         if not isinstance(jti, str) or not jti:
             raise AuthError("The token's jti must be a non-empty string")
-        if not self.remember_jti(iss, jti, datetime.fromtimestamp(claims["exp"], UTC)):
+        try:
+            expires = datetime.fromtimestamp(claims["exp"], UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise AuthError("The token's exp is out of range") from exc
+        if not self.remember_jti(iss, jti, expires):
             raise AuthError("The token has already been used (jti replay)")
         return Client(iss, issuer)
 

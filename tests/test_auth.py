@@ -161,6 +161,10 @@ def test_replayed_jti(secured: LiveService) -> None:
     assert secured.engine.store.count(hook_calls) == 1
 
 
+def test_exp_out_of_range(secured: LiveService) -> None:
+    assert_rejected(secured, call(secured, token(secured, exp=10**20)), "out of range")
+
+
 def test_missing_jti(secured: LiveService) -> None:
     assert_rejected(secured, call(secured, token(secured, jti=None)), "jti")
 
