@@ -36,6 +36,18 @@ def test_evaluate_prints_the_http_response(tmp_path: Path) -> None:
     assert body["cards"][0]["indicator"] == "warning"
 
 
+def test_evaluate_works_when_the_service_requires_client_tokens(tmp_path: Path) -> None:
+    issuers = tmp_path / "issuers.yaml"
+    issuers.write_text("issuers:\n  - iss: https://ehr.example\n    jwks_url: https://ehr.example/jwks.json\n")
+    request = json.dumps(hook_request(service_request("0530U", "2025-03-03")))
+    env_run = subprocess.run([sys.executable, "-m", "cds_service", "evaluate", "-"], input=request, text=True,
+                             capture_output=True, cwd=ROOT, timeout=60,
+                             env={**os.environ, "CDS_TODAY": "2026-11-25", "CDS_TRUSTED_ISSUERS": str(issuers),
+                                  "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'e.sqlite3'}"})
+    assert env_run.returncode == 0, env_run.stderr
+    assert json.loads(env_run.stdout)["cards"][0]["indicator"] == "warning"
+
+
 def test_evaluate_reads_stdin(tmp_path: Path) -> None:
     out = run("evaluate", "-", stdin=json.dumps(hook_request(service_request("0530U", "2026-08-01"))), tmp=tmp_path)
     assert out.returncode == 0 and "retired" in json.loads(out.stdout)["cards"][0]["summary"]
