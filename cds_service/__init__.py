@@ -67,9 +67,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     CORS(app, origins=[o.strip() for o in settings["CORS_ORIGINS"].split(",")],
          allow_headers=["authorization", "content-type"], max_age=3600)
 
-    from cds_service.web import errors, hooks, ops
+    from cds_service.web import hooks, ops, responses
 
-    errors.register(app)
+    responses.register(app)
     app.register_blueprint(hooks.bp)
     app.register_blueprint(ops.bp)
     return app

@@ -12,24 +12,16 @@ from flask import Blueprint, Response, current_app, g, request
 from cds_service.auth import AuthError, Client
 from cds_service.intake import RequestError
 from cds_service.observability import AUTH_FAILURES, LATENCY, REQUESTS, hook_instance
-from cds_service.pipeline import Engine
 from cds_service.services import discovery
-from cds_service.web.errors import operation_outcome
+from cds_service.web.responses import current_engine, json_response, operation_outcome
 
 bp = Blueprint("cds_hooks", __name__)
 log = logging.getLogger("cds_service.requests")
 
 
-def _engine() -> Engine:
-    engine: Engine = current_app.extensions["cds_engine"]
-    return engine
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, mimetype="application/json")
-
-
-def _read_json() -> Any:
+def _readjson_response() -> Any:
     if not request.is_json:
         raise RequestError("Send the body as JSON (Content-Type: application/json)", status=415)
     try:
@@ -74,7 +66,7 @@ def _observe(response: Response) -> Response:
 
 def _authenticate() -> Client | None:
     """The calling client, when trusted issuers are configured; checked before anything is read."""
-    verifier = _engine().verifier
+    verifier = current_engine().verifier
     if verifier is None:
         return None  # unauthenticated local development (see README)
     base = current_app.config["PUBLIC_BASE_URL"].rstrip("/") or request.host_url.rstrip("/")
@@ -83,32 +75,32 @@ def _authenticate() -> Client | None:
 
 @bp.get("/cds-services")
 def list_services() -> Response:
-    return _json(discovery(_engine().services))
+    return json_response(discovery(current_engine().services))
 
 
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
-    engine = _engine()
+    engine = current_engine()
     client = _authenticate()
     if service_id not in engine.services:
         return operation_outcome(404, f"No CDS service with id '{service_id}'")
-    return _json(engine.handle_hook(service_id, _read_json(), client))
+    return json_response(engine.handle_hook(service_id, _readjson_response(), client))
 
 
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> Response:
-    engine = _engine()
+    engine = current_engine()
     client = _authenticate()
     if service_id not in engine.services:
         return operation_outcome(404, f"No CDS service with id '{service_id}'")
-    stored = engine.handle_feedback(service_id, _read_json(), client)
-    return _json({"stored": stored})
+    stored = engine.handle_feedback(service_id, _readjson_response(), client)
+    return json_response({"stored": stored})
 
 
 @bp.get("/coverage-assertions/<assertion_id>")
 def coverage_assertion(assertion_id: str) -> Response:
     _authenticate()
-    row = _engine().store.assertion(assertion_id)
+    row = current_engine().store.assertion(assertion_id)
     if row is None:
         return operation_outcome(404, f"No coverage assertion with id '{assertion_id}'")
-    return _json({str(k): (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()})
+    return json_response({str(k): (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()})

@@ -3,39 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import orjson
-from flask import Blueprint, Response, abort, current_app, render_template, send_from_directory
+from flask import Blueprint, Response, abort, render_template, send_from_directory
 from sqlalchemy import text
 
 from cds_service.knowledge.model import Knowledge
 from cds_service.knowledge.model import page_id as policy_page_id
 from cds_service.observability import metrics_payload
-from cds_service.pipeline import Engine
 from cds_service.store import SchemaOutOfDate
-from cds_service.web.errors import operation_outcome
+from cds_service.web.responses import current_engine, json_response, operation_outcome
 
 bp = Blueprint("ops", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 
 
-def _engine() -> Engine:
-    engine: Engine = current_app.extensions["cds_engine"]
-    return engine
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    return _json({"status": "alive"})
+    return json_response({"status": "alive"})
 
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    engine = _engine()
+    engine = current_engine()
     try:
         with engine.store.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -44,7 +34,7 @@ def readyz() -> Response:
         return operation_outcome(503, f"database not ready: {exc}")
     except Exception as exc:
         return operation_outcome(503, f"database unreachable: {exc.__class__.__name__}")
-    return _json({"status": "ready", "artifacts": engine.knowledge.artifact_digest,
+    return json_response({"status": "ready", "artifacts": engine.knowledge.artifact_digest,
                   "policy": engine.knowledge.policy_label, "policyVersion": engine.knowledge.policy_version})
 
 
@@ -67,13 +57,13 @@ def metrics() -> Response:
 
 @bp.get("/policies/")
 def policy_index() -> str:
-    k = _engine().knowledge
+    k = current_engine().knowledge
     return render_template("policy_index.html", k=k, page_id=policy_page_id)
 
 
 @bp.get("/policies/<page_id>")
 def policy_page(page_id: str) -> str:
-    k = _engine().knowledge
+    k = current_engine().knowledge
     if page_id == policy_page_id(k.policy_label):
         return render_template("policy_main.html", k=k, page_id=policy_page_id, history=_history(k))
     policy = next((p for p in k.policies.values() if policy_page_id(p.label) == page_id), None)
@@ -105,7 +95,7 @@ def playground() -> Response:
 @bp.get("/playground/options")
 def playground_options() -> Response:
     """What the playground offers: tests, diagnoses and plans, all from the knowledge artifacts."""
-    engine = _engine()
+    engine = current_engine()
     k = engine.knowledge
     tests = [{"code": c.code, "display": c.display, "listedCode": True,
               "history": "; ".join(m.source for m in c.memberships)} for c in sorted(k.listed.values(),
@@ -115,7 +105,7 @@ def playground_options() -> Response:
     diagnoses = [{"code": cat, "display": routes[0].use, "system": k.icd10_system}
                  for cat, routes in sorted(k.routes_by_category.items())]
     services = {s.hook: s.id for s in engine.services.values()}
-    return _json({
+    return json_response({
         "tests": tests,
         "diagnoses": diagnoses,
         "secondaryDiagnoses": sorted({c for rs in k.routes_by_category.values() for r in rs

@@ -1,4 +1,6 @@
-"""Every error leaves as a FHIR OperationOutcome with the right status; never a stack trace."""
+"""Responses shared by the blueprints: JSON bodies, the engine of the running app, and errors.
+
+Every error leaves as a FHIR OperationOutcome with the right status; never a stack trace."""
 
 from __future__ import annotations
 
@@ -6,13 +8,24 @@ import logging
 from typing import Any
 
 import orjson
-from flask import Flask, Response
+from flask import Flask, Response, current_app
 from werkzeug.exceptions import HTTPException
+
+from cds_service.pipeline import Engine
 
 log = logging.getLogger(__name__)
 
 ISSUE_CODE_BY_STATUS = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                         413: "too-long", 415: "not-supported", 422: "processing", 503: "transient"}
+
+
+def current_engine() -> Engine:
+    engine: Engine = current_app.extensions["cds_engine"]
+    return engine
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
 
 def operation_outcome(status: int, message: str, expression: str | None = None) -> Response:
