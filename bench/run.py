@@ -17,7 +17,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,15 +33,10 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import coverage, hook_request, service_request  # noqa: E402
 from tests.fhir_test_server import FhirTestServer  # noqa: E402
+from tests.processes import free_port, wait_until_answers  # noqa: E402
 
 SIGN = "/cds-services/liquid-biopsy-order-sign"
 WORKERS = 2  # the same for every case, on this 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -92,14 +86,8 @@ class Server:
         self.cold_start = self._wait()
 
     def _wait(self) -> float:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.base + "/cds-services", timeout=1).status_code == 200:
-                    return time.perf_counter() - self.started
-            except requests.RequestException:  # not listening yet, or still starting
-                time.sleep(0.01)
-        raise RuntimeError(f"{self.base} did not start")
+        wait_until_answers(self.base + "/cds-services", timeout=60, poll=0.01)
+        return time.perf_counter() - self.started
 
     def rss_kib(self) -> int:
         """Resident memory of the master and its workers."""

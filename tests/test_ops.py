@@ -7,10 +7,8 @@ import io
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from sqlalchemy import create_engine
 
 from cds_service.observability import HookInstanceFilter, JsonFormatter
 from tests.conftest import SELECT, SIGN, LiveService, coverage, hook_request, service_request
+from tests.processes import free_port, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,12 +209,6 @@ def test_every_route_is_documented(cds: LiveService, openapi: dict[str, Any]) ->
 # ---------------------------------------------------------------- production server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_gunicorn_serves_the_app(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'g.sqlite3'}", "CDS_BIND": f"127.0.0.1:{port}",
@@ -223,13 +216,7 @@ def test_gunicorn_serves_the_app(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cds_service.wsgi:app"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:  # not listening yet, or still starting
-                time.sleep(0.2)
+        wait_until_answers(f"http://127.0.0.1:{port}/readyz", proc)
         answer = requests.post(f"http://127.0.0.1:{port}/cds-services/{SIGN}",
                                json=hook_request(service_request("0530U", "2025-03-03")), timeout=10)
         assert answer.status_code == 200 and answer.json()["cards"][0]["indicator"] == "warning"

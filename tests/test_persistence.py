@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from cds_service.store import (
     upgrade_schema,
 )
 from tests.conftest import SIGN, hook_request, service_request
+from tests.processes import free_port, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 ISS = "https://replica-test.example"
@@ -125,12 +125,6 @@ def test_db_upgrade_command_on_postgres(postgres_url: str) -> None:
 # ---------------------------------------------------------------- real processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ServiceProcess:
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
@@ -138,16 +132,7 @@ class ServiceProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--port", str(self.port)],
                                      env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
-            try:
-                if requests.get(f"{self.base}/cds-services", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:  # not listening yet, or still starting
-                time.sleep(0.1)
-        raise RuntimeError("service did not start")
+        wait_until_answers(f"{self.base}/cds-services", self.proc)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
