@@ -15,7 +15,7 @@ from werkzeug.serving import make_server
 from cds_service import create_app
 from cds_service.knowledge import Knowledge, load_knowledge
 from tests import report
-from tests.cds_rules import assert_valid_response
+from tests.cds_rules import CRD_EXT, assert_valid_response
 
 CPT = "http://www.ama-assn.org/go/cpt"
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -78,6 +78,17 @@ def hook_request(*orders: dict[str, Any], hook: str = "order-sign", coverages: t
     pre.update(prefetch or {})
     body["prefetch"] = pre
     return body
+
+
+def coverage_info(response: dict[str, Any]) -> list[dict[str, dict[str, Any]]]:
+    """Each CRD coverage-information instance in a hook response, as {sub-extension url: sub-extension}."""
+    return [{e["url"]: e for e in ext["extension"]}
+            for action in response.get("systemActions", [])
+            for ext in action["resource"].get("extension", []) if ext["url"] == CRD_EXT]
+
+
+def assertion_ids(response: dict[str, Any]) -> list[str]:
+    return [i["coverage-assertion-id"]["valueString"] for i in coverage_info(response)]
 
 
 # ---------------------------------------------------------------- fixtures

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cds_service.store import coverage_assertions, feedback, hook_calls
-from tests.conftest import SIGN, LiveService, hook_request, service_request
+from tests.conftest import SIGN, LiveService, assertion_ids, hook_request, service_request
 from tests.fhir_test_server import FhirTestServer
 
 ISS = "https://ehr.example.org"
@@ -200,8 +200,7 @@ def test_jku_answering_no_usable_key_set_is_401_not_500(service_factory: Any, tm
 
 def test_audit_and_assertions_record_the_client(secured: LiveService) -> None:
     body = call(secured, token(secured)).json()
-    assertion_id = next(e["valueString"] for ext in body["systemActions"][0]["resource"]["extension"]
-                        for e in ext.get("extension", []) if e["url"] == "coverage-assertion-id")
+    [assertion_id] = assertion_ids(body)
     path = f"/coverage-assertions/{assertion_id}"
     assert secured.http.get(secured.url(path), timeout=5).status_code == 401
     looked_up = secured.http.get(secured.url(path), headers={"Authorization": f"Bearer {token(secured, path)}"},

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LiveService, coverage, hook_request, service_request
+from tests.conftest import LiveService, coverage, coverage_info, hook_request, service_request
 from tests.fhir_test_server import FhirTestServer
 
 BUDGET = 1.0
@@ -49,8 +49,7 @@ def timed(service: LiveService, body: dict[str, Any]) -> tuple[dict[str, Any], f
 
 
 def covered_values(answer: dict[str, Any]) -> list[str]:
-    return [e["valueCode"] for a in answer.get("systemActions", []) for ext in a["resource"]["extension"]
-            for e in ext.get("extension", []) if e["url"] == "covered"]
+    return [i["covered"]["valueCode"] for i in coverage_info(answer)]
 
 
 @pytest.mark.parametrize("prefetch", [None, {"coverage": None},

@@ -12,7 +12,6 @@ import requests
 from sqlalchemy import select
 
 from cds_service.store import coverage_assertions, feedback, hook_calls
-from tests.cds_rules import CRD_EXT
 from tests.conftest import (
     ICD,
     SELECT,
@@ -20,16 +19,10 @@ from tests.conftest import (
     LiveService,
     bundle,
     coverage,
+    coverage_info,
     hook_request,
     service_request,
 )
-
-
-def coverage_info(response: dict[str, Any]) -> list[dict[str, dict[str, Any]]]:
-    return [{e["url"]: e for e in ext["extension"]}
-            for action in response.get("systemActions", [])
-            for ext in action["resource"].get("extension", []) if ext["url"] == CRD_EXT]
-
 
 # ---------------------------------------------------------------- discovery
 

@@ -19,7 +19,7 @@ from referencing import Registry, Resource
 from sqlalchemy import create_engine
 
 from cds_service.observability import HookInstanceFilter, JsonFormatter
-from tests.conftest import SELECT, SIGN, LiveService, coverage, hook_request, service_request
+from tests.conftest import SELECT, SIGN, LiveService, assertion_ids, coverage, hook_request, service_request
 from tests.processes import free_port, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,8 +188,7 @@ def test_real_responses_match_the_openapi_document(cds: LiveService, openapi: di
           http.post(cds.url(f"/cds-services/{SIGN}/feedback"), json=fb, timeout=5))
     check(openapi, "/cds-services/{service_id}/feedback", "post",
           http.post(cds.url(f"/cds-services/{SIGN}/feedback"), json={"feedback": []}, timeout=5))
-    assertion_id = next(e["valueString"] for ext in hook.json()["systemActions"][0]["resource"]["extension"]
-                        for e in ext["extension"] if e["url"] == "coverage-assertion-id")
+    [assertion_id] = assertion_ids(hook.json())
     check(openapi, "/coverage-assertions/{assertion_id}", "get",
           http.get(cds.url(f"/coverage-assertions/{assertion_id}"), timeout=5))
     check(openapi, "/coverage-assertions/{assertion_id}", "get", http.get(cds.url("/coverage-assertions/x"),

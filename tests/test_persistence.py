@@ -37,7 +37,7 @@ from cds_service.store import (
     make_engine,
     upgrade_schema,
 )
-from tests.conftest import SIGN, hook_request, service_request
+from tests.conftest import SIGN, assertion_ids, hook_request, service_request
 from tests.processes import free_port, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,8 +99,7 @@ def test_hook_call_assertion_and_feedback_are_stored(database_url: str) -> None:
     app = create_app({"DATABASE_URL": database_url, "TODAY": "2026-11-25"})
     client = app.test_client()
     body = client.post(f"/cds-services/{SIGN}", json=hook_request(service_request("0530U", "2025-03-03"))).get_json()
-    assertion_id = next(e["valueString"] for ext in body["systemActions"][0]["resource"]["extension"]
-                        for e in ext["extension"] if e["url"] == "coverage-assertion-id")
+    [assertion_id] = assertion_ids(body)
     looked_up = client.get(f"/coverage-assertions/{assertion_id}").get_json()
     assert looked_up["covered"] == "not-covered" and looked_up["date_of_service"] == "2025-03-03"
     fb = {"feedback": [{"card": body["cards"][0]["uuid"], "outcome": "overridden",
@@ -166,8 +165,7 @@ def test_two_replicas_on_one_postgres(postgres_url: str, tmp_path: Path) -> None
             resp = requests.post(url, json=hook_request(*orders), headers={"Authorization": f"Bearer {token(url)}"},
                                  timeout=20)
             assert resp.status_code == 200, resp.text
-            return [e["valueString"] for a in resp.json()["systemActions"] for ext in a["resource"]["extension"]
-                    for e in ext["extension"] if e["url"] == "coverage-assertion-id"]
+            return assertion_ids(resp.json())
 
         def send_feedback(replica: ServiceProcess) -> int:
             url = f"{replica.base}/cds-services/{SIGN}/feedback"
