@@ -13,6 +13,7 @@ from cds_service.decision import (
     Order,
     Outcome,
     PlanCoverage,
+    applies,
     decide,
 )
 from cds_service.knowledge import Knowledge
@@ -73,6 +74,20 @@ def boundary_cases() -> list[tuple[str, date, bool]]:
 def test_code_list_at_every_dated_change(knowledge: Knowledge, code: str, day: date, listed: bool) -> None:
     got = outcome(knowledge, order(code, day))
     assert (got is Outcome.INVESTIGATIONAL) is listed
+
+
+@pytest.mark.parametrize("o", [
+    *(order(code, day) for code, day, _ in boundary_cases()),
+    order("85025", D("2025-03-03")), order(None, D("2025-03-03"), text="Guardant360 ctDNA panel"),
+    order(None, D("2026-08-01"), text="Guardant360 ctDNA panel"), order("0239U", D("2025-03-03"), icd=("C34",)),
+    order("0239U", D("2025-03-03")), order("0530U", D("2026-08-01"), icd=("C34",)),
+], ids=str)
+@pytest.mark.parametrize("cov", [FOUND, CoverageFacts(CoverageStatus.FOUND, (FEP,)),
+                                 CoverageFacts(CoverageStatus.NONE)], ids=["commercial", "fep", "none"])
+def test_applies_says_before_coverage_whether_the_decision_will_judge_the_order(
+        knowledge: Knowledge, o: Order, cov: CoverageFacts) -> None:
+    # The pipeline validates in full, and fetches coverage for, exactly the orders applies() picks.
+    assert applies(o, knowledge) == bool(decide([o], cov, knowledge, TODAY).orders)
 
 
 def test_investigational_asserts_not_covered_per_coverage(knowledge: Knowledge) -> None:

@@ -70,6 +70,16 @@ def test_prefetched_coverage_is_not_fetched_again(service: LiveService, fhir: Fh
     assert fhir.requests == []
 
 
+def test_coverage_is_not_fetched_for_orders_the_policy_does_not_judge(service: LiveService,
+                                                                     fhir: FhirTestServer) -> None:
+    body = request(fhir.base)
+    body["context"]["draftOrders"]["entry"] = [{"resource": service_request("85025", "2025-03-03", rid="cbc")}]
+    assert service.call(body)["cards"] == []
+    assert fhir.requests == []  # nobody's coverage is read for a blood count
+    service.call(request(fhir.base))
+    assert len(fhir.requests) == 1  # and it is, once a liquid biopsy is on the order
+
+
 @pytest.mark.parametrize("mode", ["slow", "401", "500", "garbage", "not-bundle", "drip"])
 def test_failing_fhir_server_answers_within_budget_from_the_code_list(service: LiveService, fhir: FhirTestServer,
                                                                       mode: str) -> None:

@@ -312,6 +312,23 @@ def test_bad_requests_get_400_operation_outcome(cds: LiveService, mutate: Any, e
     assert expected in _outcome(resp, 400)
 
 
+def test_judged_orders_are_validated_in_full_others_only_in_what_is_read(cds: LiveService) -> None:
+    sign = cds.url(f"/cds-services/{SIGN}")
+    cbc = service_request("85025", rid="cbc", note="see chart")  # note is Annotation[]: fhir.resources rejects it
+    assert cds.call(hook_request(cbc))["cards"] == []  # not this policy's order: not held to full validation
+
+    listed = service_request("0530U", rid="lb", note="see chart")
+    resp = cds.http.post(sign, json=hook_request(cbc, listed), timeout=5)
+    assert "note" in _outcome(resp, 400)
+    assert resp.json()["issue"][0]["expression"] == ["context.draftOrders.entry[1].resource.note"]
+
+    # An element read to classify the order must be readable, whatever the order.
+    cbc["code"]["coding"] = cbc["code"]["coding"][0]  # an object where FHIR has an array
+    resp = cds.http.post(sign, json=hook_request(cbc), timeout=5)
+    assert "code.coding" in _outcome(resp, 400)
+    assert resp.json()["issue"][0]["expression"] == ["context.draftOrders.entry[0].resource.code.coding"]
+
+
 def test_invalid_json_is_400(cds: LiveService) -> None:
     assert "not valid JSON" in _outcome(cds.post_raw(f"/cds-services/{SIGN}", b"{nope"), 400)
 

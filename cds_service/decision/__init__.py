@@ -11,9 +11,9 @@ from cds_service.decision.model import (
     Outcome,
     PlanCoverage,
 )
-from cds_service.decision.rules import decide
+from cds_service.decision.rules import applies, decide
 
 __all__ = [
     "Assertion", "CoverageFacts", "CoverageStatus", "Covered", "Decision", "Order", "OrderDecision",
-    "Outcome", "PlanCoverage", "decide",
+    "Outcome", "PlanCoverage", "applies", "decide",
 ]

@@ -46,6 +46,34 @@ def judge(
     knowledge: Knowledge,
     patient_categories: frozenset[str] = frozenset(),
 ) -> OrderDecision:
+    outcome, code, routes = policy_outcome(order, knowledge, patient_categories)
+    if outcome is Outcome.NOT_APPLICABLE:
+        return OrderDecision(order, outcome, code)
+
+    plan_coverages = tuple(c for c in coverage.coverages if c not in own_manual)
+    if own_manual and not plan_coverages:
+        # Every active plan has its own policy manual (FEP): this policy does not apply at all.
+        return OrderDecision(order, Outcome.PRODUCT_VARIATION, code, routes, own_manual)
+
+    assertions: tuple[Assertion, ...] = ()
+    if coverage.status is CoverageStatus.FOUND:
+        if outcome is Outcome.INVESTIGATIONAL:
+            assertions = tuple(Assertion(c.reference, Covered.NOT_COVERED, None, "investigational-policy")
+                               for c in plan_coverages)
+        elif outcome is Outcome.RETIRED:
+            assertions = tuple(Assertion(c.reference, Covered.CONDITIONAL, "conditional", "policy-retired-delegated")
+                               for c in plan_coverages)
+    return OrderDecision(order, outcome, code, routes, own_manual, assertions)
+
+
+def applies(order: Order, knowledge: Knowledge, patient_categories: frozenset[str] = frozenset()) -> bool:
+    """Whether the policy has anything to say about the order (whatever the member's coverage)."""
+    return policy_outcome(order, knowledge, patient_categories)[0] is not Outcome.NOT_APPLICABLE
+
+
+def policy_outcome(order: Order, knowledge: Knowledge,
+                   patient_categories: frozenset[str]) -> tuple[Outcome, str, tuple[Route, ...]]:
+    """What the policy says about the order before coverage is looked at: outcome, code, governing routes."""
     day = order.date_of_service
     routes = governing_routes(order, knowledge, patient_categories)
     listed_now = knowledge.listed_on(day)
@@ -61,22 +89,8 @@ def judge(
     elif recognised and routes:
         outcome = Outcome.OTHER_POLICY
     else:
-        return OrderDecision(order, Outcome.NOT_APPLICABLE, code or "")
-
-    plan_coverages = tuple(c for c in coverage.coverages if c not in own_manual)
-    if own_manual and not plan_coverages:
-        # Every active plan has its own policy manual (FEP): this policy does not apply at all.
-        return OrderDecision(order, Outcome.PRODUCT_VARIATION, code or "", routes, own_manual)
-
-    assertions: tuple[Assertion, ...] = ()
-    if coverage.status is CoverageStatus.FOUND:
-        if outcome is Outcome.INVESTIGATIONAL:
-            assertions = tuple(Assertion(c.reference, Covered.NOT_COVERED, None, "investigational-policy")
-                               for c in plan_coverages)
-        elif outcome is Outcome.RETIRED:
-            assertions = tuple(Assertion(c.reference, Covered.CONDITIONAL, "conditional", "policy-retired-delegated")
-                               for c in plan_coverages)
-    return OrderDecision(order, outcome, code or "", routes, own_manual, assertions)
+        outcome = Outcome.NOT_APPLICABLE
+    return outcome, code or "", routes
 
 
 def governing_routes(order: Order, knowledge: Knowledge, patient_categories: frozenset[str]) -> tuple[Route, ...]:
