@@ -38,7 +38,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
@@ -153,7 +153,8 @@ def make_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
         # One shared connection, or every thread would get its own empty in-memory database.
         engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        # A server can drop idle connections; a file cannot, so SQLite skips the ping per checkout.
+        engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     if engine.dialect.name == "sqlite":
         if sqlite_synchronous not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"setting SQLITE_SYNCHRONOUS: {sqlite_synchronous!r} is not NORMAL, FULL or EXTRA")
@@ -174,6 +175,8 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._write_lock = _SqliteWriteLock(engine)
+        self._insert = {t.name: _Insert(t, engine.dialect) for t in (hook_calls, coverage_assertions, feedback,
+                                                                      seen_jti)}
 
     def require_current_schema(self) -> None:
         current, head = current_revision(self.engine), head_revision()
@@ -184,22 +187,26 @@ class Store:
     def remember_jti(self, iss: str, jti: str, expires_at: datetime) -> bool:
         """Record a token id; False when it was seen before (a replay), on this replica or another."""
         try:
-            with self._write_lock, self.engine.begin() as conn:
-                conn.execute(delete(seen_jti).where(seen_jti.c.expires_at < utcnow()))
-                conn.execute(insert(seen_jti), [{"iss": iss, "jti": jti, "expires_at": expires_at}])
+            self._write(delete(seen_jti).where(seen_jti.c.expires_at < utcnow()),
+                        (seen_jti, [{"iss": iss, "jti": jti, "expires_at": expires_at}]))
         except IntegrityError:
             return False
         return True
 
     def record_hook_call(self, call: dict[str, Any], assertions: list[dict[str, Any]]) -> None:
-        with self._write_lock, self.engine.begin() as conn:
-            conn.execute(insert(hook_calls), [call])
-            if assertions:
-                conn.execute(insert(coverage_assertions), assertions)
+        self._write(None, (hook_calls, [call]), (coverage_assertions, assertions))
 
     def record_feedback(self, rows: list[dict[str, Any]]) -> None:
+        self._write(None, (feedback, rows))
+
+    def _write(self, first: Any, *inserts: tuple[Table, list[dict[str, Any]]]) -> None:
+        """Run ``first`` (a statement or None) and the inserts in one transaction, committed on return."""
+        prepared = [self._insert[table.name].prepare(rows) for table, rows in inserts if rows]
         with self._write_lock, self.engine.begin() as conn:
-            conn.execute(insert(feedback), rows)
+            if first is not None:
+                conn.execute(first)
+            for sql, params in prepared:
+                conn.exec_driver_sql(sql, params)
 
     def assertion(self, assertion_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -214,6 +221,29 @@ class Store:
     def feedback_for(self, card: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(select(feedback).where(feedback.c.card == card)).mappings()]
+
+
+class _Insert:
+    """One table's INSERT, compiled once, with its columns' bind processors, run as driver SQL.
+
+    On the hot path SQLAlchemy's per-statement work (cache key, parameter processing, result set-up)
+    cost more than SQLite's own insert and commit; the SQL text and value conversions are the ones
+    SQLAlchemy itself would produce for this dialect, so rows read back exactly as before.
+    """
+
+    def __init__(self, table: Table, dialect: Dialect) -> None:
+        names = [c.name for c in table.columns if not (c.primary_key and c.autoincrement is True)]
+        compiled = insert(table).compile(dialect=dialect, column_keys=names)
+        self.sql = str(compiled)
+        order = list(compiled.positiontup or ()) if dialect.positional else names
+        self.columns = [(n, table.c[n].type.dialect_impl(dialect).bind_processor(dialect)) for n in order]
+        self.positional = dialect.positional
+
+    def prepare(self, rows: list[dict[str, Any]]) -> tuple[str, Any]:
+        values = [[(convert(row.get(n)) if convert else row.get(n)) for n, convert in self.columns] for row in rows]
+        if self.positional:
+            return self.sql, [tuple(v) for v in values]
+        return self.sql, [dict(zip((n for n, _ in self.columns), v, strict=True)) for v in values]
 
 
 class _SqliteWriteLock:
