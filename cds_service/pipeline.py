@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from cds_service.auth import Client, TokenVerifier
-from cds_service.decision import CoverageFacts, CoverageStatus, Order, applies, decide
+from cds_service.decision import CoverageFacts, CoverageStatus, applies, decide
 from cds_service.fhir_client import FetchError, FhirClient
 from cds_service.intake import (
     HookCall,
@@ -68,17 +68,14 @@ class Engine:
         hook_instance.set(call.hook_instance)
         disabled = _disabled_card_types(call.configuration)
 
-        def judged(order: Order) -> bool:
-            return applies(order, self.knowledge, call.patient_categories)
-
+        judged = tuple(o for o in call.orders if applies(o, self.knowledge, call.patient_categories))
         call.validate_orders(judged)
         coverage = coverage_from_prefetch(call.prefetch.get("coverage"))
         if coverage is None:
             # Nobody's coverage is fetched for orders the policy has nothing to say about.
-            coverage = (self._fetch_coverage(call, client, deadline) if any(map(judged, call.orders))
+            coverage = (self._fetch_coverage(call, client, deadline) if judged
                         else CoverageFacts(CoverageStatus.UNAVAILABLE))
-        decision = decide(call.orders, coverage, self.knowledge, today, self.plan_keywords,
-                          call.patient_categories)
+        decision = decide(judged, coverage, self.knowledge, today, self.plan_keywords, call.patient_categories)
         options = RenderOptions(self.payer_label, disabled, pages_base=self.public_base_url)
         rendered = render(decision, self.knowledge, options)
         for od in decision.orders:

@@ -76,15 +76,15 @@ def policy_outcome(order: Order, knowledge: Knowledge,
     """What the policy says about the order before coverage is looked at: outcome, code, governing routes."""
     day = order.date_of_service
     routes = governing_routes(order, knowledge, patient_categories)
-    listed_now = knowledge.listed_on(day)
-    listed_code = next((c for c in order.codes if c in listed_now), None)
+    listed_code = next((c for c in order.codes if knowledge.is_listed(c, day)), None)
     code = listed_code or next((c for c in order.codes if knowledge.is_liquid_biopsy_code(c)), None)
     recognised = code is not None or is_liquid_biopsy_text(order.text, knowledge.recognition_keywords)
     retired = day >= knowledge.retirement
+    listed_at_retirement = code is not None and knowledge.is_listed(code, knowledge.last_day_in_force)
 
     if listed_code is not None:
         outcome = Outcome.INVESTIGATIONAL
-    elif retired and recognised and (not routes or code in knowledge.listed_on(knowledge.last_day_in_force)):
+    elif retired and recognised and (not routes or listed_at_retirement):
         outcome = Outcome.RETIRED
     elif recognised and routes:
         outcome = Outcome.OTHER_POLICY

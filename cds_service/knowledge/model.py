@@ -125,7 +125,12 @@ class Knowledge:
         """Codes on the investigational list on ``day`` (empty once the policy is retired)."""
         if day >= self.retirement:
             return frozenset()
-        return frozenset(c for c, entry in self.listed.items() if entry.on_list(day))
+        return frozenset(c for c in self.listed if self.is_listed(c, day))
+
+    def is_listed(self, code: str, day: date) -> bool:
+        """Whether ``code`` is on the investigational list on ``day`` (never once the policy is retired)."""
+        entry = self.listed.get(code)
+        return entry is not None and day < self.retirement and entry.on_list(day)
 
     def is_liquid_biopsy_code(self, code: str) -> bool:
         return code in self.listed or code in self.other_liquid_biopsy_codes

@@ -19,9 +19,7 @@ bp = Blueprint("cds_hooks", __name__)
 log = logging.getLogger("cds_service.requests")
 
 
-
-
-def _readjson_response() -> Any:
+def _read_json() -> Any:
     if not request.is_json:
         raise RequestError("Send the body as JSON (Content-Type: application/json)", status=415)
     try:
@@ -75,7 +73,10 @@ def _authenticate() -> Client | None:
 
 @bp.get("/cds-services")
 def list_services() -> Response:
-    return json_response(discovery(current_engine().services))
+    body = current_app.extensions.get("cds_discovery")
+    if body is None:  # the services do not change while the app runs: serialise them once
+        body = current_app.extensions["cds_discovery"] = orjson.dumps(discovery(current_engine().services))
+    return Response(body, mimetype="application/json")
 
 
 @bp.post("/cds-services/<service_id>")
@@ -84,7 +85,7 @@ def call_service(service_id: str) -> Response:
     client = _authenticate()
     if service_id not in engine.services:
         return operation_outcome(404, f"No CDS service with id '{service_id}'")
-    return json_response(engine.handle_hook(service_id, _readjson_response(), client))
+    return json_response(engine.handle_hook(service_id, _read_json(), client))
 
 
 @bp.post("/cds-services/<service_id>/feedback")
@@ -93,7 +94,7 @@ def feedback(service_id: str) -> Response:
     client = _authenticate()
     if service_id not in engine.services:
         return operation_outcome(404, f"No CDS service with id '{service_id}'")
-    stored = engine.handle_feedback(service_id, _readjson_response(), client)
+    stored = engine.handle_feedback(service_id, _read_json(), client)
     return json_response({"stored": stored})
 
 
