@@ -12,6 +12,7 @@ bench/results/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -83,7 +84,11 @@ class Server:
             [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), app],
             cwd=ROOT, env={**os.environ, **env, "CDS_BIND": f"127.0.0.1:{self.port}", "CDS_WORKERS": str(WORKERS)},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.cold_start = self._wait()
+        try:
+            self.cold_start = self._wait()
+        except BaseException:
+            self.stop()  # never leave a server behind
+            raise
 
     def _wait(self) -> float:
         wait_until_answers(self.base + "/cds-services", timeout=60, poll=0.01)
@@ -105,7 +110,10 @@ class Server:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(20)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 LUA = """
@@ -148,33 +156,36 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
 
-    with tempfile.TemporaryDirectory() as tmp_dir:
+    with tempfile.TemporaryDirectory() as tmp_dir, contextlib.ExitStack() as running:
         tmp = Path(tmp_dir)
         fhir = FhirTestServer()
+        running.callback(fhir.close)
         fhir.coverages = [coverage("bench-cov")]
         service = Server("cds_service.wsgi:app", {
             "CDS_DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}", "CDS_FHIR_SERVERS": fhir.base,
             "CDS_FHIR_ALLOW_HTTP": "true", "CDS_TRUSTED_ISSUERS": "", "CDS_ALLOW_UNAUTHENTICATED": "false"})
-        all_shapes = [s for s in shapes(fhir.base) if not args.shapes or s.name in args.shapes]
+        running.callback(service.stop)
+        every_shape = shapes(fhir.base)
+        chosen = [s for s in every_shape if not args.shapes or s.name in args.shapes]
 
         # Record the service's real answer per shape; the ceiling replays it, same size, same bytes.
+        # Discovery is always recorded: it is also how both servers are seen to be up.
         bodies: dict[str, str] = {}
-        for shape in all_shapes:
-            url = f"{service.base}{shape.path}?shape={shape.name}"
-            resp = requests.request(shape.method, url, json=shape.body, timeout=10)
-            resp.raise_for_status()
-            bodies[shape.name] = resp.text
+        for shape in every_shape:
+            if shape in chosen or shape.name == "discovery":
+                url = f"{service.base}{shape.path}?shape={shape.name}"
+                resp = requests.request(shape.method, url, json=shape.body, timeout=10)
+                resp.raise_for_status()
+                bodies[shape.name] = resp.text
         (tmp / "bodies.json").write_text(json.dumps(bodies))
         ceiling = Server("bench.ceiling:app", {"CEILING_BODIES": str(tmp / "bodies.json"), "PYTHONPATH": str(ROOT)})
+        running.callback(ceiling.stop)
 
         if args.soak:
-            soak(service, all_shapes[1], tmp, min(args.soak, 600))
+            soak(service, every_shape[1], tmp, min(args.soak, 600))
         else:
-            results = measure(service, ceiling, all_shapes, bodies, args, tmp)
+            results = measure(service, ceiling, chosen, bodies, args, tmp)
             report(results, service, ceiling, args)
-        service.stop()
-        ceiling.stop()
-        fhir.close()
 
 
 def measure(service: Server, ceiling: Server, all_shapes: list[Shape], bodies: dict[str, str],
