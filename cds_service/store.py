@@ -16,10 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
     Column,
@@ -35,10 +31,11 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     text,
 )
-from sqlalchemy.engine import Connection, Dialect, Engine, make_url
+from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
@@ -95,17 +92,13 @@ seen_jti = Table(
 )
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# The newest migration in MIGRATIONS (a test checks it against Alembic's head). Knowing it lets a
+# start-up against a current database skip importing Alembic at all (~0.1 s of cold start).
+SCHEMA_REVISION = "0001"
 
 
 class SchemaOutOfDate(Exception):
     pass
-
-
-def _alembic_config(connection: Connection) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["connection"] = connection
-    return config
 
 
 def upgrade_schema(engine: Engine) -> str:
@@ -114,10 +107,18 @@ def upgrade_schema(engine: Engine) -> str:
     Replicas may start together: PostgreSQL serialises them with an advisory lock, SQLite with a
     lock file beside the database, so only one applies each migration.
     """
+    if current_revision(engine) == SCHEMA_REVISION:
+        return SCHEMA_REVISION
+    from alembic import command
+    from alembic.config import Config
+
     with _migration_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(2267)"))
-        command.upgrade(_alembic_config(conn), "head")
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
     return head_revision()
 
 
@@ -136,6 +137,10 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
 
 
 def head_revision() -> str:
+    """The newest revision among the migration scripts, as Alembic reads them."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     head = ScriptDirectory.from_config(config).get_current_head()
@@ -144,8 +149,12 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The revision recorded in the database (Alembic's version table), or None when there is none."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        return str(revision) if revision is not None else None
 
 
 def make_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
@@ -179,7 +188,7 @@ class Store:
                                                                       seen_jti)}
 
     def require_current_schema(self) -> None:
-        current, head = current_revision(self.engine), head_revision()
+        current, head = current_revision(self.engine), SCHEMA_REVISION
         if current != head:
             raise SchemaOutOfDate(f"database schema is at {current or 'nothing'}, the service needs {head}: "
                                   "run `python -m cds_service db upgrade`")

@@ -30,9 +30,11 @@ from sqlalchemy.engine import make_url
 
 from cds_service import create_app
 from cds_service.store import (
+    SCHEMA_REVISION,
     SchemaOutOfDate,
     coverage_assertions,
     feedback,
+    head_revision,
     hook_calls,
     make_engine,
     upgrade_schema,
@@ -107,6 +109,21 @@ def test_hook_call_assertion_and_feedback_are_stored(database_url: str) -> None:
     assert client.post(f"/cds-services/{SIGN}/feedback", json=fb).status_code == 200
     assert (count(database_url, hook_calls), count(database_url, coverage_assertions),
             count(database_url, feedback)) == (1, 1, 1)
+
+
+def test_schema_revision_is_the_newest_migration() -> None:
+    assert head_revision() == SCHEMA_REVISION
+
+
+def test_start_up_against_a_current_sqlite_database_does_not_load_alembic(tmp_path: Path) -> None:
+    """Cold start: Alembic (~0.1 s of imports) is loaded only when there is something to migrate."""
+    probe = ("import sys; from cds_service import create_app; create_app({'DATABASE_URL': sys.argv[1]}); "
+             "print('alembic' in sys.modules)")
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    runs = [subprocess.run([sys.executable, "-c", probe, url], capture_output=True, text=True, check=True, cwd=ROOT)
+            for _ in range(2)]
+    assert [r.stdout.strip() for r in runs] == ["True", "False"]  # migrated the first time, only checked after
+    assert count(url, hook_calls) == 0  # and the schema is in place
 
 
 def test_postgres_schema_must_be_migrated_first(postgres_url: str) -> None:
