@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py                      # full run: 10 s warm-up + 20 s measured per case
     .venv/bin/python bench/run.py --warmup 3 --duration 10 --connections 8
+    .venv/bin/python bench/run.py --duration 10 --rounds 2     # alternate service/ceiling, report medians
     .venv/bin/python bench/run.py --soak 600           # bounded soak at 8 connections, RSS at start and end
 
 Needs wrk (Debian package `wrk`). Everything listens on 127.0.0.1 only; every load is bounded in time.
@@ -18,6 +19,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -150,6 +152,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="seconds of warm-up per case (not measured)")
     parser.add_argument("--duration", type=int, default=20, help="seconds measured per case")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternating service/ceiling measurements per case; medians are reported")
     parser.add_argument("--shapes", nargs="+", help="only these shapes")
     parser.add_argument("--soak", type=int, default=0, help="soak mode: seconds (at most 600) at 8 connections")
     args = parser.parse_args()
@@ -190,6 +194,11 @@ def main() -> None:
 
 def measure(service: Server, ceiling: Server, all_shapes: list[Shape], bodies: dict[str, str],
             args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    """Each case: warm both servers, then ``rounds`` alternating service/ceiling measurements.
+
+    The machine is shared and its speed drifts (the same ceiling has measured 1,700-4,800 rps within
+    minutes here); alternating, and reporting medians of the per-round figures, keeps a drift from
+    landing on one side only."""
     results = []
     for shape in all_shapes:
         body_file = None
@@ -197,18 +206,27 @@ def measure(service: Server, ceiling: Server, all_shapes: list[Shape], bodies: d
             body_file = tmp / f"{shape.name}.json"
             body_file.write_text(json.dumps(shape.body))
         for conns in args.connections:
-            row: dict[str, Any] = {"shape": shape.name, "connections": conns,
-                                   "request_bytes": body_file.stat().st_size if body_file else 0,
-                                   "response_bytes": len(bodies[shape.name].encode())}
-            for name, server in (("service", service), ("ceiling", ceiling)):
-                url = f"{server.base}{shape.path}?shape={shape.name}"
-                if args.warmup:
-                    wrk(url, shape, body_file, conns, args.warmup, tmp / "w.lua")
-                row[name] = wrk(url, shape, body_file, conns, args.duration, tmp / "m.lua")
-            row["ratio"] = row["service"]["rps"] / row["ceiling"]["rps"]
+            sides = {"service": service, "ceiling": ceiling}
+            urls = {name: f"{server.base}{shape.path}?shape={shape.name}" for name, server in sides.items()}
+            if args.warmup:
+                for name in sides:
+                    wrk(urls[name], shape, body_file, conns, args.warmup, tmp / "w.lua")
+            rounds: dict[str, list[dict[str, float]]] = {"service": [], "ceiling": []}
+            for r in range(args.rounds):
+                for name in (("service", "ceiling") if r % 2 == 0 else ("ceiling", "service")):
+                    rounds[name].append(wrk(urls[name], shape, body_file, conns, args.duration, tmp / "m.lua"))
+            ratios = [s["rps"] / c["rps"] for s, c in zip(rounds["service"], rounds["ceiling"], strict=True)]
+            row: dict[str, Any] = {
+                "shape": shape.name, "connections": conns,
+                "request_bytes": body_file.stat().st_size if body_file else 0,
+                "response_bytes": len(bodies[shape.name].encode()),
+                **{name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+                   for name, runs in rounds.items()},
+                "ratio": statistics.median(ratios), "ratio_per_round": ratios, "rounds": rounds,
+            }
             results.append(row)
-            print(f"  measured {shape.name} @ {conns}: {row['service']['rps']:.0f} vs {row['ceiling']['rps']:.0f} rps",
-                  file=sys.stderr)
+            print(f"  measured {shape.name} @ {conns}: {row['service']['rps']:.0f} vs {row['ceiling']['rps']:.0f} rps"
+                  f" (ratio per round: {', '.join(f'{x:.2f}' for x in ratios)})", file=sys.stderr)
     return results
 
 
@@ -229,10 +247,20 @@ def report(results: list[dict[str, Any]], service: Server, ceiling: Server, args
     path = out_dir / f"bench-{stamp}.json"
     path.write_text(json.dumps({
         "when": stamp, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "settings": {"workers": WORKERS, "warmup_s": args.warmup, "duration_s": args.duration},
+        "commit": _commit(),
+        "settings": {"workers": WORKERS, "warmup_s": args.warmup, "duration_s": args.duration,
+                     "rounds": args.rounds},
         "cold_start_s": {"service": service.cold_start, "ceiling": ceiling.cold_start},
         "results": results}, indent=2))
     print(f"figures written to {path.relative_to(ROOT)}")
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 @dataclass

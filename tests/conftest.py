@@ -140,7 +140,7 @@ def start_server(app: Any) -> tuple[Any, threading.Thread, str]:
 
 @pytest.fixture
 def service_factory(tmp_path: Path) -> Iterator[Any]:
-    servers = []
+    servers: list[tuple[Any, threading.Thread]] = []
 
     def make(**config: Any) -> LiveService:
         settings = {"DATABASE_URL": f"sqlite:///{tmp_path / f'cds-{len(servers)}.sqlite3'}", "TODAY": TODAY,

@@ -95,13 +95,14 @@ def test_json_log_lines_carry_the_hook_instance(cds: LiveService) -> None:
         body = hook_request(service_request(), coverages=None)
         body["fhirServer"] = "https://not-allowed.example/fhir"  # logs a warning inside the call
         cds.call(body)
+        assert requests.get(cds.url("/cds-services"), timeout=5).status_code == 200  # no line: access log has it
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert len(lines) >= 2
     assert all(line["hookInstance"] == body["hookInstance"] for line in lines)
-    request_line = next(line for line in lines if line["logger"] == "cds_service.requests")
+    [request_line] = [line for line in lines if line["logger"] == "cds_service.requests"]
     assert request_line["status"] == 200 and request_line["service"] == SIGN and request_line["latency_ms"] > 0
 
 

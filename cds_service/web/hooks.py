@@ -51,12 +51,17 @@ def _start_clock() -> None:
 
 @bp.after_request
 def _observe(response: Response) -> Response:
-    """One metrics sample and one JSON log line per call, carrying the hookInstance when known."""
+    """One metrics sample per request, and a JSON log line carrying the hookInstance when known.
+
+    A successful discovery gets no line of its own: it is the same for every caller, the server's
+    access log records it, and the line was a third of its cost (~30 of 106 us in-process)."""
     endpoint = (request.endpoint or "unknown").rsplit(".", 1)[-1]
     service = (request.view_args or {}).get("service_id", "")
     elapsed = time.perf_counter() - g.get("started", time.perf_counter())
     REQUESTS.labels(endpoint, service, str(response.status_code)).inc()
     LATENCY.labels(endpoint, service).observe(elapsed)
+    if endpoint == "list_services" and response.status_code < 400:
+        return response
     log.info("%s %s %s", request.method, request.path, response.status_code,
              extra={"service": service, "status": response.status_code, "latency_ms": round(elapsed * 1000, 2)})
     return response
