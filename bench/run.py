@@ -82,6 +82,7 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.started = time.perf_counter()
+        self.first_start: float | None = None  # cold start on a new database, when measured separately
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), app],
             cwd=ROOT, env={**os.environ, **env, "CDS_BIND": f"127.0.0.1:{self.port}", "CDS_WORKERS": str(WORKERS)},
@@ -165,9 +166,14 @@ def main() -> None:
         fhir = FhirTestServer()
         running.callback(fhir.close)
         fhir.coverages = [coverage("bench-cov")]
-        service = Server("cds_service.wsgi:app", {
+        service_env = {
             "CDS_DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}", "CDS_FHIR_SERVERS": fhir.base,
-            "CDS_FHIR_ALLOW_HTTP": "true", "CDS_TRUSTED_ISSUERS": "", "CDS_ALLOW_UNAUTHENTICATED": "false"})
+            "CDS_FHIR_ALLOW_HTTP": "true", "CDS_TRUSTED_ISSUERS": "", "CDS_ALLOW_UNAUTHENTICATED": "false"}
+        # Cold start twice: on a new database (creates the schema), then a restart on the existing one.
+        first = Server("cds_service.wsgi:app", service_env)
+        first.stop()
+        service = Server("cds_service.wsgi:app", service_env)
+        service.first_start = first.cold_start
         running.callback(service.stop)
         every_shape = shapes(fhir.base)
         chosen = [s for s in every_shape if not args.shapes or s.name in args.shapes]
@@ -239,8 +245,8 @@ def report(results: list[dict[str, Any]], service: Server, ceiling: Server, args
         s, c = r["service"], r["ceiling"]
         print(f"{r['shape']:17} {r['connections']:>4} {s['rps']:>8.0f} {c['rps']:>8.0f} {r['ratio']:>6.2f} "
               f"{s['p50_ms']:>6.2f}ms {s['p99_ms']:>6.2f}ms {c['p50_ms']:>6.2f}ms {c['p99_ms']:>6.2f}ms")
-    print(f"cold start (process start -> first discovery answer): service {service.cold_start:.2f} s, "
-          f"ceiling {ceiling.cold_start:.2f} s")
+    print(f"cold start (process start -> first discovery answer): service {service.cold_start:.2f} s "
+          f"(on a new database {service.first_start:.2f} s), ceiling {ceiling.cold_start:.2f} s")
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -250,7 +256,8 @@ def report(results: list[dict[str, Any]], service: Server, ceiling: Server, args
         "commit": _commit(),
         "settings": {"workers": WORKERS, "warmup_s": args.warmup, "duration_s": args.duration,
                      "rounds": args.rounds},
-        "cold_start_s": {"service": service.cold_start, "ceiling": ceiling.cold_start},
+        "cold_start_s": {"service": service.cold_start, "service_new_database": service.first_start,
+                         "ceiling": ceiling.cold_start},
         "results": results}, indent=2))
     print(f"figures written to {path.relative_to(ROOT)}")
 

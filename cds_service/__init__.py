@@ -41,7 +41,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     verifier = None
     if settings["TRUSTED_ISSUERS"]:
         verifier = TokenVerifier(load_trusted_issuers(settings["TRUSTED_ISSUERS"]), store.remember_jti,
-                                 settings["CLOCK_SKEW_SECONDS"])
+                                 settings["CLOCK_SKEW_SECONDS"], settings["TOKEN_MAX_LIFETIME_SECONDS"])
     fhir = FhirAccess(
         client=FhirClient(settings["FHIR_CONNECT_TIMEOUT"], settings["FHIR_READ_TIMEOUT"]),
         unauthenticated_servers=tuple(u.strip().rstrip("/") for u in settings["FHIR_SERVERS"].split(",") if u.strip()),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,10 +79,11 @@ class Client:
 
 class TokenVerifier:
     def __init__(self, issuers: dict[str, TrustedIssuer], remember_jti: Callable[[str, str, datetime], bool],
-                 leeway: int = 60) -> None:
+                 leeway: int = 60, max_lifetime: int = 600) -> None:
         self.issuers = issuers
         self.remember_jti = remember_jti
         self.leeway = leeway
+        self.max_lifetime = max_lifetime  # longest exp - now accepted; each jti is kept until its exp
         self._clients: dict[str, jwt.PyJWKClient] = {}
         self._inline = {iss: jwt.PyJWKSet.from_dict(i.jwks) for iss, i in issuers.items() if i.jwks}
         self._lock = threading.Lock()
@@ -124,6 +126,9 @@ class TokenVerifier:
             expires = datetime.fromtimestamp(claims["exp"], UTC)
         except (OverflowError, OSError, ValueError) as exc:
             raise AuthError("The token's exp is out of range") from exc
+        if claims["exp"] - time.time() > self.max_lifetime + self.leeway:
+            raise AuthError(f"The token's exp is more than {self.max_lifetime} s ahead; "
+                            "CDS Hooks client tokens are short-lived (about 5 minutes)")
         if not self.remember_jti(iss, jti, expires):
             raise AuthError("The token has already been used (jti replay)")
         return Client(iss, issuer)

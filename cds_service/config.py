@@ -45,6 +45,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PUBLIC_BASE_URL", "", str,
             "The service's public base URL behind a proxy; the JWT aud is checked against it."),
     Setting("CLOCK_SKEW_SECONDS", 60, int, "Leeway for JWT exp and iat checks."),
+    Setting("TOKEN_MAX_LIFETIME_SECONDS", 600, int,
+            "Longest a client JWT may still be valid (exp - now); longer-lived tokens are refused."),
     Setting("FHIR_SERVERS", "", str,
             "Comma-separated FHIR base URLs the service may call when no trusted issuers are configured."),
     Setting("FHIR_ALLOW_HTTP", False, bool, "Allow calling FHIR servers over plain http (local testing only)."),

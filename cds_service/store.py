@@ -249,7 +249,7 @@ class _Insert:
         self.positional = dialect.positional
 
     def prepare(self, rows: list[dict[str, Any]]) -> tuple[str, Any]:
-        values = [[(convert(row.get(n)) if convert else row.get(n)) for n, convert in self.columns] for row in rows]
+        values = [[(convert(row[n]) if convert else row[n]) for n, convert in self.columns] for row in rows]
         if self.positional:
             return self.sql, [tuple(v) for v in values]
         return self.sql, [dict(zip((n for n, _ in self.columns), v, strict=True)) for v in values]

@@ -165,6 +165,12 @@ def test_exp_out_of_range(secured: LiveService) -> None:
     assert_rejected(secured, call(secured, token(secured, exp=10**20)), "out of range")
 
 
+def test_long_lived_token_is_refused(secured: LiveService) -> None:
+    # CDS Hooks client tokens live about 5 minutes; the default ceiling is 600 s (+ 60 s clock leeway).
+    assert_rejected(secured, call(secured, token(secured, exp=int(time.time()) + 3600)), "short-lived")
+    assert call(secured, token(secured, exp=int(time.time()) + 600)).status_code == 200
+
+
 def test_missing_jti(secured: LiveService) -> None:
     assert_rejected(secured, call(secured, token(secured, jti=None)), "jti")
 

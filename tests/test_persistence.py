@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -145,15 +146,24 @@ class ServiceProcess:
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        # The server's log goes to a file: a pipe nobody reads would stall it once 64 KiB of lines pile up.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen([sys.executable, "-m", "cds_service", "serve", "--port", str(self.port)],
                                      env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        wait_until_answers(f"{self.base}/cds-services", self.proc)
+                                     stderr=self.log)
+        try:
+            wait_until_answers(f"{self.base}/cds-services", self.proc)
+        except RuntimeError as exc:
+            self.log.seek(0)
+            output = self.log.read().decode(errors="replace")
+            self.stop()
+            raise RuntimeError(f"{exc}\n{output}") from exc
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+        self.log.close()
 
 
 def issuers_file(tmp_path: Path) -> str:
