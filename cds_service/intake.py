@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 from fhir.resources.R4B.servicerequest import ServiceRequest
-from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from pydantic import AfterValidator, ConfigDict, StringConstraints, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from cds_service.decision import CoverageFacts, CoverageStatus, Order, PlanCoverage
@@ -120,47 +120,63 @@ def parse_hook_call(body: Any, expected_hook: str, knowledge: Knowledge, today: 
 # checked against this (pydantic-core, microseconds), so the classification never reads junk; the
 # orders the policy judges are then validated in full by fhir.resources (HookCall.validate_orders).
 _STRICT = ConfigDict(strict=True)
+_String = Annotated[str, StringConstraints(min_length=1)]  # FHIR JSON has no empty strings
+_Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]  # codes are compared trimmed
+
+
+def _calendar_date(value: str) -> str:
+    if len(value) >= 10:
+        date.fromisoformat(value[:10])  # the pattern lets 2025-02-30 through; a ValueError is a 400
+    return value
+
+
+# FHIR R4 dateTime (date, or date and time with zone): a misread date of service could change the
+# classification, so it is held to the same form fhir.resources requires.
+_DateTime = Annotated[str, StringConstraints(pattern=(
+    r"^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])"
+    r"(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00)))?)?)?$"
+)), AfterValidator(_calendar_date)]
 
 
 @with_config(_STRICT)
 class _Coding(TypedDict, total=False):
-    system: str
-    code: str
-    display: str
+    system: _String
+    code: _Code
+    display: _String
 
 
 @with_config(_STRICT)
 class _CodeableConcept(TypedDict, total=False):
     coding: list[_Coding]
-    text: str
+    text: _String
 
 
 @with_config(_STRICT)
 class _Reference(TypedDict, total=False):
-    reference: str
+    reference: _String
 
 
 @with_config(_STRICT)
 class _Period(TypedDict, total=False):
-    start: str
+    start: _DateTime
 
 
 @with_config(_STRICT)
 class _Timing(TypedDict, total=False):
-    event: list[str]
+    event: list[_DateTime]
 
 
 @with_config(_STRICT)
 class _ReadElements(TypedDict, total=False):
-    id: str
+    id: _String
     code: _CodeableConcept
     category: list[_CodeableConcept]
     reasonCode: list[_CodeableConcept]
     reasonReference: list[_Reference]
-    occurrenceDateTime: str
+    occurrenceDateTime: _DateTime
     occurrencePeriod: _Period
     occurrenceTiming: _Timing
-    authoredOn: str
+    authoredOn: _DateTime
     contained: list[dict[str, Any]]
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from cds_service.store import coverage_assertions, feedback, hook_calls
 from tests.conftest import (
+    CPT,
     ICD,
     SELECT,
     SIGN,
@@ -322,11 +323,16 @@ def test_judged_orders_are_validated_in_full_others_only_in_what_is_read(cds: Li
     assert "note" in _outcome(resp, 400)
     assert resp.json()["issue"][0]["expression"] == ["context.draftOrders.entry[1].resource.note"]
 
-    # An element read to classify the order must be readable, whatever the order.
-    cbc["code"]["coding"] = cbc["code"]["coding"][0]  # an object where FHIR has an array
-    resp = cds.http.post(sign, json=hook_request(cbc), timeout=5)
-    assert "code.coding" in _outcome(resp, 400)
-    assert resp.json()["issue"][0]["expression"] == ["context.draftOrders.entry[0].resource.code.coding"]
+    # An element read to classify the order must be readable, whatever the order: a misread code or
+    # date could turn a liquid biopsy into an order the policy seems to have nothing to say about.
+    for element, value in [("code", {"coding": {"system": CPT, "code": "85025"}}),  # an object, not an array
+                           ("code", {"coding": [{"system": CPT, "code": ""}]}),  # FHIR has no empty strings
+                           ("occurrenceDateTime", "3 March 2025"), ("occurrenceDateTime", "2025-02-30"),
+                           ("authoredOn", "2025-03-03T10:00:00")]:  # a time needs its zone
+        broken = {**service_request("85025", rid="cbc"), element: value}
+        resp = cds.http.post(sign, json=hook_request(broken), timeout=5)
+        assert element in _outcome(resp, 400), (element, value)
+        assert resp.json()["issue"][0]["expression"][0].startswith(f"context.draftOrders.entry[0].resource.{element}")
 
 
 def test_invalid_json_is_400(cds: LiveService) -> None:
