@@ -16,6 +16,7 @@ from pydantic import AfterValidator, ConfigDict, StringConstraints, TypeAdapter,
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from cds_service.decision import CoverageFacts, CoverageStatus, Order, PlanCoverage
+from cds_service.fhir_errors import first_problem
 from cds_service.knowledge import Knowledge
 
 
@@ -184,9 +185,8 @@ READ_ELEMENTS: TypeAdapter[_ReadElements] = TypeAdapter(_ReadElements)
 
 
 def _raise_first(exc: ValidationError, where: str) -> NoReturn:
-    first = exc.errors()[0]
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first.get("loc", ()))
-    raise RequestError(f"Invalid ServiceRequest: {path.lstrip('.')}: {first.get('msg')}", where + path) from exc
+    path, message = first_problem(exc)
+    raise RequestError(f"Invalid ServiceRequest: {path.lstrip('.')}: {message}", where + path) from exc
 
 
 def _null_path(node: Any, path: str = "") -> str | None:

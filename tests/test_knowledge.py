@@ -154,6 +154,8 @@ def test_new_code_with_future_date_is_honoured_without_code_change(artifact_copy
     ("PlanDefinition-mp-2-267.json", lambda d: d.pop("effectivePeriod"), "effectivePeriod"),
     ("PlanDefinition-mp-2-267.json", lambda d: d.update(date="yesterday"),
      "PlanDefinition-mp-2-267.json: invalid PlanDefinition"),
+    ("PlanDefinition-mp-2-267.json", lambda d: d["action"][0].update(title=7),
+     "invalid PlanDefinition: action[0].title"),  # located FHIRPath-style, as 400s for orders are
     ("ConceptMap-mp-2-267-exclusion-routing.json",
      lambda d: d["group"][0]["element"][0]["target"][0].update(code="9.999"), "9.999"),
 ])

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cds_service import terminology
+from cds_service.fhir_errors import first_problem
 from cds_service.knowledge.model import (
     CardTemplate,
     Coding,
@@ -88,9 +89,8 @@ def parse_artifact(path: Path, canonical_base: str | None = None) -> Artifact:
     try:
         model = cls.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise KnowledgeError(path.name, f"invalid {raw['resourceType']}: {where}: {first.get('msg')}") from exc
+        where, message = first_problem(exc)
+        raise KnowledgeError(path.name, f"invalid {raw['resourceType']}: {where.lstrip('.')}: {message}") from exc
     return Artifact(path, raw, model)
 
 
