@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ from cds_service.auth import TokenVerifier, load_trusted_issuers
 from cds_service.config import database_url, load_settings
 from cds_service.fhir_client import FhirClient
 from cds_service.knowledge import load_knowledge
-from cds_service.pipeline import Engine, FhirAccess, utc_today
-from cds_service.services import service_specs
+from cds_service.knowledge.loader import with_deployment_payers
+from cds_service.pipeline import FhirAccess, Pipeline, utc_today
+from cds_service.services import declarations
 from cds_service.store import Store, make_engine, upgrade_schema
 
 
@@ -31,6 +33,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     knowledge = load_knowledge(Path(settings["KNOWLEDGE_DIR"]) if settings["KNOWLEDGE_DIR"] else None,
                                settings["CANONICAL_BASE"] or None)
+    knowledge = with_deployment_payers(knowledge, _list(settings["PAYER_NAMES"]), _list(settings["PAYER_IDENTIFIERS"]),
+                                       _list(settings["PLAN_MATCH_KEYWORDS"]))
+    if settings["PAYER_NAME"]:
+        knowledge = replace(knowledge, publisher=settings["PAYER_NAME"])
 
     store = Store(make_engine(database_url(settings, app.instance_path), settings["SQLITE_SYNCHRONOUS"].upper()))
     if store.engine.dialect.name == "sqlite":
@@ -44,22 +50,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                                  settings["CLOCK_SKEW_SECONDS"], settings["TOKEN_MAX_LIFETIME_SECONDS"])
     fhir = FhirAccess(
         client=FhirClient(settings["FHIR_CONNECT_TIMEOUT"], settings["FHIR_READ_TIMEOUT"]),
-        unauthenticated_servers=tuple(u.strip().rstrip("/") for u in settings["FHIR_SERVERS"].split(",") if u.strip()),
+        unauthenticated_servers=tuple(u.rstrip("/") for u in _list(settings["FHIR_SERVERS"])),
         allow_http=settings["FHIR_ALLOW_HTTP"],
         budget_seconds=settings["FHIR_BUDGET_SECONDS"],
     )
 
     pinned = date.fromisoformat(settings["TODAY"]) if settings["TODAY"] else None
-    keywords = tuple(k.strip() for k in settings["PLAN_MATCH_KEYWORDS"].split(",") if k.strip()) \
-        or knowledge.plan_match_keywords
-    app.extensions["cds_engine"] = Engine(
+    app.extensions["cds_pipeline"] = Pipeline(
         knowledge=knowledge,
         store=store,
-        services=service_specs(knowledge),
-        payer_label=settings["PAYER_NAME"] or knowledge.publisher,
-        plan_keywords=keywords,
+        services=declarations(knowledge),
         today=(lambda: pinned) if pinned else utc_today,
         fhir=fhir,
+        mode=settings["MODE"],
         verifier=verifier,
         public_base_url=settings["PUBLIC_BASE_URL"].rstrip("/"),
     )
@@ -73,6 +76,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(hooks.bp)
     app.register_blueprint(ops.bp)
     return app
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 __all__ = ["create_app"]

@@ -53,7 +53,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except (KnowledgeError, ValueError, SchemaOutOfDate) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    services = app.extensions["cds_engine"].services
+    services = app.extensions["cds_pipeline"].services
     hook = body.get("hook") if isinstance(body, dict) else None
     service_id = args.service or next((s.id for s in services.values() if s.hook == hook), None)
     if service_id is None:

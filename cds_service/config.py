@@ -30,10 +30,20 @@ SETTINGS: tuple[Setting, ...] = (
             "SQLAlchemy URL of the store (default: SQLite file cds.sqlite3 in the instance folder)."),
     Setting("SQLITE_SYNCHRONOUS", "NORMAL", str,
             "SQLite durability: NORMAL survives a killed process, FULL also an OS crash or power cut (slower)."),
+    Setting("MODE", "crd", str,
+            "crd: Da Vinci CRD 2.2.1 behaviour (a Coverage this endpoint serves is required: hook-13, 400 otherwise). "
+            "sandbox: also serve clients that send no usable Coverage (the public CDS Hooks sandbox, demos): "
+            "policy cards without a coverage verdict."),
     Setting("PAYER_NAME", "", str, "Card source label (default: the PlanDefinition's publisher)."),
+    Setting("PAYER_NAMES", "", str,
+            "Comma-separated extra names that identify the served payer in Coverage.payor (added to the "
+            "Organization artifacts' names and aliases)."),
+    Setting("PAYER_IDENTIFIERS", "", str,
+            "Comma-separated extra payor identifiers (system|value) of the served payer, e.g. an EDI payer id as "
+            "the EHR's Coverage carries it."),
     Setting("PLAN_MATCH_KEYWORDS", "", str,
-            "Comma-separated words marking a plan with its own policy manual (default: the PlanDefinition's "
-            "plan-match-keyword values)."),
+            "Comma-separated extra names of the plan with its own policy manual (the FEP), added to the "
+            "InsurancePlan artifact's names."),
     Setting("TODAY", "", str, "Pin 'today' (YYYY-MM-DD) for demos and tests; default: the current UTC date."),
     Setting("MAX_CONTENT_LENGTH", 1024 * 1024, int, "Largest accepted request body in bytes (larger: 413)."),
     Setting("CORS_ORIGINS", "*", str, "Comma-separated origins allowed to call from a browser."),
@@ -92,6 +102,8 @@ def load_settings(mapping: Mapping[str, Any] | None = None, environ: Mapping[str
             out[s.name] = _coerce(s, value)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"setting {s.name}: {value!r} is not a valid {s.kind.__name__}") from exc
+    if out["MODE"] not in ("crd", "sandbox"):
+        raise ValueError(f"setting MODE: {out['MODE']!r} is not crd or sandbox")
     if out["TODAY"]:
         try:
             date.fromisoformat(out["TODAY"])

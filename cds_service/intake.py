@@ -2,12 +2,15 @@
 
 Everything a client can get wrong is reported as ``RequestError`` (rendered as a 400
 OperationOutcome by the web layer); everything the specification says to ignore is ignored.
+Each hook's context is parsed by its own function (``parse_request`` picks it from the service
+declaration); orders, conditions and coverages are read the same way for every hook.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field
+import calendar
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Annotated, Any, NoReturn
 
@@ -15,8 +18,10 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import AfterValidator, ConfigDict, StringConstraints, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from cds_service.decision import CoverageFacts, CoverageStatus, Order, PlanCoverage
+from cds_service.coverage_information import extensions_on, held_assertion
+from cds_service.decision import CoverageRecord, DateWindow, Diagnosis, Order
 from cds_service.fhir_errors import first_problem
+from cds_service.fhir_json import pruned
 from cds_service.knowledge import Knowledge
 
 
@@ -31,31 +36,36 @@ class RequestError(Exception):
 
 
 @dataclass(frozen=True)
-class HookCall:
+class OrderSource:
+    """An order as the request carries it: the resource and where it sits (for error messages)."""
+
+    resource: dict[str, Any]
+    location: str
+    draft: bool  # in draftOrders (order-sign/select) rather than an existing order (order-dispatch)
+
+
+@dataclass(frozen=True)
+class HookRequest:
     hook: str
     hook_instance: str
+    patient_id: str
     context: dict[str, Any]
-    orders: tuple[Order, ...]
     prefetch: dict[str, Any]
     fhir_server: str | None
     fhir_authorization: dict[str, Any] | None
-    configuration: dict[str, Any] = field(default_factory=dict)
-    patient_categories: frozenset[str] = frozenset()  # ICD-10-CM categories of the patient's Conditions
-    order_locations: tuple[str, ...] = ()  # where each order sits in the request, for error messages
-
-    def validate_orders(self, judged: Collection[Order]) -> None:
-        """Validate in full (fhir.resources) the orders the policy judges; raises RequestError.
-
-        Orders the policy has nothing to say about were only checked in the elements read to
-        classify them (``READ_ELEMENTS``): full validation costs ~0.1 ms per order, and a flaw in,
-        say, a blood count's ``note`` is no reason to withhold a liquid-biopsy warning."""
-        chosen = {id(order) for order in judged}
-        for order, where in zip(self.orders, self.order_locations, strict=True):
-            if id(order) in chosen:
-                _validate_service_request(order.resource, where)
+    configuration: dict[str, Any]
+    requested_version: str | None
+    orders: tuple[OrderSource, ...]  # the orders this hook asks about, as far as the request carries them
+    dispatched: tuple[str, ...] = ()  # order-dispatch: references of the dispatched orders
+    missing_orders: tuple[str, ...] = ()  # order-dispatch: dispatched orders neither in context nor prefetch
+    performer: str | None = None
+    resources: tuple[dict[str, Any], ...] = field(default=(), repr=False)  # every resource the request carries
 
 
-def parse_hook_call(body: Any, expected_hook: str, knowledge: Knowledge, today: date) -> HookCall:
+# ---------------------------------------------------------------- the request envelope and each hook's context
+
+
+def parse_request(body: Any, expected_hook: str) -> HookRequest:
     if not isinstance(body, dict):
         raise RequestError("The request body must be a JSON object", "$")
     hook = body.get("hook")
@@ -69,6 +79,9 @@ def parse_hook_call(body: Any, expected_hook: str, knowledge: Knowledge, today: 
     context = body.get("context")
     if not isinstance(context, dict):
         raise RequestError("Missing required object 'context'", "context")
+    patient = context.get("patientId")
+    if not isinstance(patient, str) or not patient.strip():
+        raise RequestError("Missing required field 'context.patientId'", "context.patientId")
     fhir_server = body.get("fhirServer")
     if fhir_server is not None and not isinstance(fhir_server, str):
         raise RequestError("'fhirServer' must be a URL string", "fhirServer")
@@ -83,43 +96,125 @@ def parse_hook_call(body: Any, expected_hook: str, knowledge: Knowledge, today: 
         raise RequestError("'prefetch' must be an object", "prefetch")
     extension = body.get("extension")
     configuration = extension.get("davinci-crd.configuration") if isinstance(extension, dict) else None
+    version = extension.get("davinci-crd.requestedVersion") if isinstance(extension, dict) else None
+    if version is not None and not isinstance(version, str):
+        raise RequestError("'davinci-crd.requestedVersion' must be a string", "extension.davinci-crd.requestedVersion")
 
+    envelope = HookRequest(hook, instance, patient.strip(), context, prefetch, fhir_server, fhir_auth,
+                           configuration if isinstance(configuration, dict) else {}, version, ())
+    parse_context = CONTEXT_PARSERS[hook]
+    return parse_context(envelope)
+
+
+def _order_sign(request: HookRequest) -> HookRequest:
+    entries = _draft_entries(request.context)
+    return _with_orders(request, [OrderSource(r, where, True) for r, where in _service_requests(entries)], entries)
+
+
+def _order_select(request: HookRequest) -> HookRequest:
+    entries = _draft_entries(request.context)
+    selections = request.context.get("selections")
+    if not (isinstance(selections, list) and selections and all(isinstance(s, str) for s in selections)):
+        raise RequestError("'context.selections' must be a non-empty list of references", "context.selections")
+    selected = {s.strip() for s in selections}
+    chosen = [OrderSource(r, where, True) for r, where in _service_requests(entries) if _reference(r) in selected]
+    return _with_orders(request, chosen, entries)
+
+
+def _order_dispatch(request: HookRequest) -> HookRequest:
+    context = request.context
+    refs = context.get("dispatchedOrders")
+    if refs is None and isinstance(context.get("order"), str):
+        refs = [context["order"]]  # the pre-publication context (and Inferno's CRD test kit) sends one 'order'
+    if context.get("fulfillmentTasks") is None and isinstance(context.get("task"), dict):
+        context = {**context, "fulfillmentTasks": [context["task"]]}
+    if not (isinstance(refs, list) and refs and all(isinstance(r, str) and "/" in r.strip("/") for r in refs)):
+        raise RequestError("'context.dispatchedOrders' must be a non-empty list of references (Type/id)",
+                           "context.dispatchedOrders")
+    performer = context.get("performer")
+    if not isinstance(performer, str) or not performer.strip():
+        raise RequestError("Missing required field 'context.performer' (a reference)", "context.performer")
+    tasks = context.get("fulfillmentTasks")
+    if tasks is not None and not (isinstance(tasks, list) and all(isinstance(t, dict) for t in tasks)):
+        raise RequestError("'context.fulfillmentTasks' must be a list of Task resources", "context.fulfillmentTasks")
+    wanted = [_local(r) for r in refs]
+    found: dict[str, OrderSource] = {}
+    for key, value in request.prefetch.items():
+        for i, resource in enumerate(_bundle_resources(value)):
+            ref = _reference(resource)
+            if ref in wanted and ref not in found and resource.get("resourceType") == "ServiceRequest":
+                found[ref] = OrderSource(resource, f"prefetch.{key}.entry[{i}].resource", False)
+    orders = [found[r] for r in wanted if r in found]
+    missing = tuple(r for r in dict.fromkeys(wanted) if r not in found and r.startswith("ServiceRequest/"))
+    request = _with_orders(replace(request, context=context), orders, [])
+    return replace(request, dispatched=tuple(wanted), missing_orders=missing, performer=performer.strip())
+
+
+CONTEXT_PARSERS = {"order-sign": _order_sign, "order-select": _order_select, "order-dispatch": _order_dispatch}
+
+
+def _draft_entries(context: dict[str, Any]) -> list[Any]:
     bundle = context.get("draftOrders")
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise RequestError("'context.draftOrders' must be a FHIR Bundle", "context.draftOrders")
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise RequestError("'context.draftOrders.entry' must be a list", "context.draftOrders.entry")
+    return entries
 
-    selections = context.get("selections") if hook == "order-select" else None
-    if selections is not None and not (isinstance(selections, list) and all(isinstance(s, str) for s in selections)):
-        raise RequestError("'context.selections' must be a list of references", "context.selections")
-    selected = {s.strip() for s in selections} if selections else None
 
-    conditions = ConditionIndex(entries, prefetch)
-    orders, locations = [], []
+def _service_requests(entries: list[Any]) -> Iterator[tuple[dict[str, Any], str]]:
     for i, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict) or resource.get("resourceType") != "ServiceRequest":
-            continue  # other resource types are passed over silently
-        where = f"context.draftOrders.entry[{i}].resource"
-        try:
-            READ_ELEMENTS.validate_python(resource)
-        except ValidationError as exc:
-            _raise_first(exc, where)
-        order = to_order(resource, knowledge, today, conditions)
-        if selected is None or order.reference in selected:
-            orders.append(order)
-            locations.append(where)
-
-    return HookCall(hook, instance, context, tuple(orders), prefetch, fhir_server, fhir_auth,
-                    configuration if isinstance(configuration, dict) else {},
-                    conditions.categories(knowledge.icd10_system), tuple(locations))
+        if isinstance(resource, dict) and resource.get("resourceType") == "ServiceRequest":
+            yield resource, f"context.draftOrders.entry[{i}].resource"  # other types are passed over silently
 
 
-# The elements of a ServiceRequest read to classify it, with their FHIR JSON types. Every order is
-# checked against this (pydantic-core, microseconds), so the classification never reads junk; the
-# orders the policy judges are then validated in full by fhir.resources (HookCall.validate_orders).
+def _with_orders(request: HookRequest, orders: list[OrderSource], entries: list[Any]) -> HookRequest:
+    for source in orders:
+        check_read_elements(source.resource, source.location)
+    carried = tuple(_all_resources(entries, request.prefetch, request.context.get("fulfillmentTasks")))
+    return replace(request, orders=tuple(orders), resources=carried)
+
+
+def _all_resources(entries: list[Any], prefetch: dict[str, Any], tasks: Any) -> Iterator[dict[str, Any]]:
+    for e in entries:
+        if isinstance(e, dict) and isinstance(e.get("resource"), dict):
+            yield e["resource"]
+    for value in prefetch.values():
+        yield from _bundle_resources(value)
+    if isinstance(tasks, list):
+        yield from (t for t in tasks if isinstance(t, dict))
+
+
+def _bundle_resources(value: Any) -> Iterator[dict[str, Any]]:
+    """The resources of a prefetch value: a Bundle's entries, or the resource itself."""
+    if not isinstance(value, dict):
+        return
+    if value.get("resourceType") == "Bundle":
+        entries = value.get("entry")
+        for e in entries if isinstance(entries, list) else []:
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict):
+                yield e["resource"]
+    elif isinstance(value.get("resourceType"), str):
+        yield value
+
+
+def _reference(resource: dict[str, Any]) -> str:
+    rid = resource.get("id")
+    kind = str(resource.get("resourceType"))
+    return f"{kind}/{rid}" if isinstance(rid, str) and rid else kind
+
+
+def _local(reference: str) -> str:
+    """'https://ehr/fhir/ServiceRequest/1' and 'ServiceRequest/1' both -> 'ServiceRequest/1'."""
+    return "/".join(reference.strip().rstrip("/").split("/")[-2:])
+
+
+# ---------------------------------------------------------------- the elements read to classify an order
+
+# Every order is checked against this (pydantic-core, microseconds), so the classification never reads
+# junk; the orders the policy judges are then validated in full by fhir.resources (validate_order).
 _STRICT = ConfigDict(strict=True)
 _String = Annotated[str, StringConstraints(min_length=1)]  # FHIR JSON has no empty strings
 _Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]  # codes are compared trimmed
@@ -160,28 +255,48 @@ class _Reference(TypedDict, total=False):
 @with_config(_STRICT)
 class _Period(TypedDict, total=False):
     start: _DateTime
+    end: _DateTime
+
+
+@with_config(_STRICT)
+class _Repeat(TypedDict, total=False):
+    boundsPeriod: _Period
 
 
 @with_config(_STRICT)
 class _Timing(TypedDict, total=False):
     event: list[_DateTime]
+    repeat: _Repeat
 
 
 @with_config(_STRICT)
 class _ReadElements(TypedDict, total=False):
     id: _String
+    status: _Code
+    intent: _Code
+    doNotPerform: bool
     code: _CodeableConcept
+    orderDetail: list[_CodeableConcept]
     category: list[_CodeableConcept]
     reasonCode: list[_CodeableConcept]
     reasonReference: list[_Reference]
     occurrenceDateTime: _DateTime
     occurrencePeriod: _Period
     occurrenceTiming: _Timing
-    authoredOn: _DateTime
+    instantiatesCanonical: list[_String]
+    instantiatesUri: list[_String]
     contained: list[dict[str, Any]]
+    extension: list[dict[str, Any]]
 
 
 READ_ELEMENTS: TypeAdapter[_ReadElements] = TypeAdapter(_ReadElements)
+
+
+def check_read_elements(resource: dict[str, Any], where: str) -> None:
+    try:
+        READ_ELEMENTS.validate_python(resource)
+    except ValidationError as exc:
+        _raise_first(exc, where)
 
 
 def _raise_first(exc: ValidationError, where: str) -> NoReturn:
@@ -204,18 +319,17 @@ def _null_path(node: Any, path: str = "") -> str | None:
     return None
 
 
-def _validate_service_request(resource: dict[str, Any], where: str) -> None:
+def validate_order(resource: dict[str, Any], where: str) -> None:
+    """Validate in full (fhir.resources) an order the policy judges; raises RequestError.
+
+    Orders the policy has nothing to say about were only checked in the elements read to classify
+    them: full validation costs ~0.1 ms per order, and a flaw in, say, a blood count's ``note`` is
+    no reason to withhold a liquid-biopsy verdict."""
     if (null_at := _null_path(resource)) is not None:
         raise RequestError(f"Invalid ServiceRequest: {null_at.lstrip('.')} is null, which FHIR JSON does not allow",
                            where + null_at)
-    # Codes are compared ignoring surrounding whitespace, so validate them that way too.
-    code = resource.get("code")
-    if isinstance(code, dict) and isinstance(code.get("coding"), list):
-        codings = [{**c, "code": c["code"].strip()} if isinstance(c, dict) and isinstance(c.get("code"), str)
-                   else c for c in code["coding"]]
-        resource = {**resource, "code": {**code, "coding": codings}}
-    try:
-        ServiceRequest.model_validate(resource)
+    try:  # validated as it will be echoed: empties dropped, codes trimmed (they are compared trimmed)
+        ServiceRequest.model_validate(pruned(resource))
     except ValidationError as exc:
         _raise_first(exc, where)
 
@@ -223,76 +337,13 @@ def _validate_service_request(resource: dict[str, Any], where: str) -> None:
 # ---------------------------------------------------------------- orders
 
 
-def to_order(resource: dict[str, Any], knowledge: Knowledge, today: date,
-             conditions: ConditionIndex | None = None) -> Order:
-    code = resource.get("code") or {}
-    codings = [c for c in code.get("coding") or [] if isinstance(c, dict)]
-    codes = tuple(dict.fromkeys(
-        str(c["code"]).strip().upper() for c in codings
-        if c.get("code") and str(c.get("system", "")).strip() in knowledge.code_systems_accepted))
-    text = " ".join(filter(None, [code.get("text"), *(c.get("display") for c in codings)])).lower()
-    day, basis = date_of_service(resource, today)
-
-    reasons = [cc for cc in resource.get("reasonCode") or [] if isinstance(cc, dict)]
-    reason_codings = [c for cc in reasons for c in cc.get("coding") or [] if isinstance(c, dict)]
-    for ref in resource.get("reasonReference") or []:
-        if isinstance(ref, dict) and conditions is not None:
-            reason_codings += conditions.codings(ref.get("reference"), resource)
-    categories = frozenset(
-        icd10_category(c["code"]) for c in reason_codings
-        if c.get("system") == knowledge.icd10_system and c.get("code"))
-    purpose_codings = reason_codings + [c for cc in resource.get("category") or [] if isinstance(cc, dict)
-                                        for c in cc.get("coding") or [] if isinstance(c, dict)]
-    purposes = frozenset(str(c.get("code")).strip() for c in purpose_codings
-                         if c.get("system") == knowledge.purpose_system and c.get("code"))
-    rid = resource.get("id")
-    return Order(f"ServiceRequest/{rid}" if rid else "ServiceRequest", codes, text, day, basis,
-                 categories, purposes, resource)
-
-
-DATE_SOURCES = (
-    ("occurrenceDateTime", "the order's occurrenceDateTime"),
-    ("occurrencePeriod.start", "the start of the order's occurrencePeriod"),
-    ("occurrenceTiming.event", "the first event of the order's occurrenceTiming"),
-    ("authoredOn", "the date the order was authored (no date of service on the order)"),
-)
-
-
-def date_of_service(resource: dict[str, Any], today: date) -> tuple[date, str]:
-    """The date every rule is judged at, and in words where it came from."""
-    period = resource.get("occurrencePeriod") or {}
-    events = (resource.get("occurrenceTiming") or {}).get("event") or []
-    values = (resource.get("occurrenceDateTime"), period.get("start"), events[0] if events else None,
-              resource.get("authoredOn"))
-    for value, (_, words) in zip(values, DATE_SOURCES, strict=True):
-        if isinstance(value, str) and (day := fhir_date(value)) is not None:
-            return day, words
-    return today, "today's date (the order has no date of service)"
-
-
-def fhir_date(value: str) -> date | None:
-    """The calendar date of a FHIR date/dateTime as written (local to the sender); partial dates
-    (YYYY or YYYY-MM) are taken at their first day."""
-    head = value.strip()[:10]
-    for candidate in (head, head[:7] + "-01", head[:4] + "-01-01"):
-        try:
-            return date.fromisoformat(candidate)
-        except ValueError:
-            continue
-    return None
-
-
-def icd10_category(code: str) -> str:
-    return str(code).strip().upper().replace(".", "")[:3]
-
-
 class ConditionIndex:
     """Conditions an order's reasonReference may point at: in draftOrders, in prefetch, or contained."""
 
-    def __init__(self, entries: list[Any], prefetch: dict[str, Any]) -> None:
+    def __init__(self, resources: Iterable[dict[str, Any]]) -> None:
         self.by_ref: dict[str, dict[str, Any]] = {}
-        for res in _resources(entries, prefetch):
-            if res.get("resourceType") == "Condition" and res.get("id"):
+        for res in resources:
+            if res.get("resourceType") == "Condition" and isinstance(res.get("id"), str) and res["id"]:
                 self.by_ref[f"Condition/{res['id']}"] = res
 
     def codings(self, reference: Any, order: dict[str, Any]) -> list[dict[str, Any]]:
@@ -302,13 +353,103 @@ class ConditionIndex:
             target = next((c for c in order.get("contained") or []
                            if isinstance(c, dict) and c.get("id") == reference[1:]), None)
         else:
-            target = self.by_ref.get("/".join(reference.rstrip("/").split("/")[-2:]))
+            target = self.by_ref.get(_local(reference))
         return _codings(target.get("code")) if isinstance(target, dict) else []
 
-    def categories(self, system: str) -> frozenset[str]:
+    def categories(self, knowledge: Knowledge) -> frozenset[str]:
         return frozenset(icd10_category(c["code"]) for cond in self.by_ref.values()
                          for c in _codings(cond.get("code"))
-                         if c.get("system") == system and isinstance(c.get("code"), str) and c["code"])
+                         if _system(c, knowledge) == knowledge.icd10_system and isinstance(c.get("code"), str)
+                         and c["code"].strip())
+
+
+def to_order(source: OrderSource, knowledge: Knowledge, today: date, conditions: ConditionIndex) -> Order:
+    resource = source.resource
+    code = resource.get("code") or {}
+    codings = [c for c in code.get("coding") or [] if isinstance(c, dict)]
+    details = [cc for cc in resource.get("orderDetail") or [] if isinstance(cc, dict)]
+    coded = tuple(dict.fromkeys(
+        (_system(c, knowledge), str(c["code"]).strip().upper(), str(c.get("display") or ""))
+        for c in codings if c.get("code")))
+    texts = [code.get("text"), *(c.get("display") for c in codings),
+             *(cc.get("text") for cc in details), *(c.get("display") for cc in details for c in _codings(cc)),
+             *(resource.get("instantiatesCanonical") or ()), *(resource.get("instantiatesUri") or ())]
+    text = " | ".join(dict.fromkeys(str(t).strip() for t in texts if isinstance(t, str) and t.strip()))
+
+    reasons = [cc for cc in resource.get("reasonCode") or [] if isinstance(cc, dict)]
+    reason_codings = [c for cc in reasons for c in _codings(cc)]
+    for ref in resource.get("reasonReference") or []:
+        if isinstance(ref, dict):
+            reason_codings += conditions.codings(ref.get("reference"), resource)
+    diagnoses = tuple(dict.fromkeys(
+        Diagnosis(icd10_category(c["code"]), str(c["code"]).strip(), str(c.get("display") or ""))
+        for c in reason_codings
+        if _system(c, knowledge) == knowledge.icd10_system and isinstance(c.get("code"), str) and c["code"].strip()))
+    purpose_codings = reason_codings + [c for cc in resource.get("category") or [] if isinstance(cc, dict)
+                                        for c in _codings(cc)]
+    purposes = frozenset(str(c.get("code")).strip() for c in purpose_codings
+                         if c.get("system") == knowledge.purpose_system and c.get("code"))
+    held = tuple(h for ext in extensions_on(resource) if (h := held_assertion(ext)) is not None)
+    return Order(
+        reference=_reference(resource), codings=coded, text=text, window=date_window(resource, today),
+        diagnoses=diagnoses, purposes=purposes, status=str(resource.get("status") or ""),
+        intent=str(resource.get("intent") or ""), do_not_perform=resource.get("doNotPerform") is True,
+        draft=source.draft, held=held, resource=resource,
+    )
+
+
+def _system(coding: dict[str, Any], knowledge: Knowledge) -> str:
+    system = coding.get("system")
+    return knowledge.canonical_system(system) if isinstance(system, str) else ""
+
+
+def date_window(resource: dict[str, Any], today: date) -> DateWindow:
+    """When the service will be performed, and in words where that came from. A date the order
+    does not give is not invented: the window is then open, from today on."""
+    when = resource.get("occurrenceDateTime")
+    if isinstance(when, str):
+        start, end = day_range(when)
+        return DateWindow(start, end, "the order's occurrenceDateTime", True)
+    period = resource.get("occurrencePeriod")
+    if isinstance(period, dict) and (period.get("start") or period.get("end")):
+        return _period_window(period, today, "the order's occurrencePeriod")
+    timing = resource.get("occurrenceTiming")
+    if isinstance(timing, dict):
+        events = [day_range(e) for e in timing.get("event") or [] if isinstance(e, str)]
+        if events:
+            first, last = min(s for s, _ in events), max(e for _, e in events)
+            return DateWindow(first, last, "the order's occurrenceTiming", True)
+        bounds = (timing.get("repeat") or {}).get("boundsPeriod")
+        if isinstance(bounds, dict) and (bounds.get("start") or bounds.get("end")):
+            return _period_window(bounds, today, "the order's occurrenceTiming bounds")
+    return DateWindow(today, None, "the order gives no date of service", False)
+
+
+def _period_window(period: dict[str, Any], today: date, basis: str) -> DateWindow:
+    start = day_range(period["start"])[0] if isinstance(period.get("start"), str) else None
+    end = day_range(period["end"])[1] if isinstance(period.get("end"), str) else None
+    if start is None:
+        assert end is not None
+        start = min(today, end)  # "by" a date: from today until then
+    return DateWindow(start, end if end is not None else start, basis, True)
+
+
+def day_range(value: str) -> tuple[date, date]:
+    """The calendar days a FHIR date/dateTime covers, as written (local to the sender): a day, or
+    for a partial date (YYYY or YYYY-MM) its first to its last day."""
+    head = value.strip()[:10]
+    if len(head) == 4:
+        year = int(head)
+        return date(year, 1, 1), date(year, 12, 31)
+    if len(head) == 7:
+        year, month = int(head[:4]), int(head[5:7])
+        return date(year, month, 1), date(year, month, calendar.monthrange(year, month)[1])
+    day = date.fromisoformat(head)
+    return day, day
+
+
+def icd10_category(code: str) -> str:
+    return str(code).strip().upper().replace(".", "")[:3]
 
 
 def _codings(concept: Any) -> list[dict[str, Any]]:
@@ -317,67 +458,105 @@ def _codings(concept: Any) -> list[dict[str, Any]]:
     return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
 
 
-def _resources(entries: list[Any], prefetch: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for e in entries:
-        if isinstance(e, dict) and isinstance(e.get("resource"), dict):
-            yield e["resource"]
-    for value in prefetch.values():
-        if isinstance(value, dict):
-            if value.get("resourceType") == "Bundle":
-                found = value.get("entry")
-                for e in found if isinstance(found, list) else []:
-                    if isinstance(e, dict) and isinstance(e.get("resource"), dict):
-                        yield e["resource"]
-            else:
-                yield value
-
-
 # ---------------------------------------------------------------- coverage
 
 
-def coverage_from_prefetch(value: Any) -> CoverageFacts | None:
-    """Coverage facts from a prefetch value, or None when it must be fetched (missing, null, error)."""
+def coverage_resources(value: Any) -> list[dict[str, Any]] | None:
+    """The Coverage resources of a prefetch value, or None when it must be fetched (missing, null,
+    an OperationOutcome, or anything that is neither a Coverage nor a Bundle)."""
     if not isinstance(value, dict):
         return None
-    resources: list[Any]
     if value.get("resourceType") == "Coverage":
-        resources = [value]
-    elif value.get("resourceType") == "Bundle":
-        entries = value.get("entry", [])
-        if not isinstance(entries, list):
-            return CoverageFacts(CoverageStatus.UNAVAILABLE)  # a Bundle we cannot read
-        resources = [e["resource"] for e in entries if isinstance(e, dict) and "resource" in e]
-    else:  # OperationOutcome or anything else: the client could not get it
-        return None
-    return coverage_facts(resources)
+        return [value]
+    if value.get("resourceType") == "Bundle":
+        return [r for r in _bundle_resources(value) if r.get("resourceType") == "Coverage"]
+    return None
 
 
-def coverage_facts(resources: list[Any]) -> CoverageFacts:
-    coverages = [r for r in resources if isinstance(r, dict) and r.get("resourceType") == "Coverage"]
-    if not all(_readable_coverage(r) for r in coverages):
-        # A Coverage we cannot read is no basis for a coverage statement: coverage is then unknown.
-        return CoverageFacts(CoverageStatus.UNAVAILABLE)
-    active = tuple(plan_coverage(r) for r in coverages if r["status"] == "active")
-    return CoverageFacts(CoverageStatus.FOUND if active else CoverageStatus.NONE, active)
+def coverage_records(coverages: list[dict[str, Any]], context_resources: Iterable[dict[str, Any]],
+                     knowledge: Knowledge) -> tuple[CoverageRecord, ...]:
+    """What decides membership and eligibility, read from each Coverage (and the payor Organizations
+    the request carries, contained or included). A Coverage without an id cannot be referred to and
+    is left out; one with an unreadable element is kept with a problem (its verdict: indeterminate)."""
+    organizations = {f"Organization/{r['id']}": r for r in (*context_resources, *coverages)
+                     if r.get("resourceType") == "Organization" and isinstance(r.get("id"), str)}
+    records = []
+    for coverage in coverages:
+        rid = coverage.get("id")
+        if not isinstance(rid, str) or not rid.strip():
+            continue
+        records.append(_coverage_record(coverage, f"Coverage/{rid.strip()}", organizations))
+    return tuple(records)
 
 
-def _readable_coverage(r: dict[str, Any]) -> bool:
-    """The elements the decision reads are present and of their FHIR types (checked by hand: a full
-    fhir.resources validation of every prefetched Coverage costs more than the whole decision)."""
-    def strings(items: Any, *keys: str) -> bool:
-        return isinstance(items, list) and all(
-            isinstance(i, dict) and all(isinstance(i.get(k, ""), str) for k in keys) for i in items)
-    return (isinstance(r.get("id"), str) and bool(r["id"]) and isinstance(r.get("status"), str)
-            and strings(r.get("class", []), "value", "name") and strings(r.get("payor", []), "display"))
-
-
-def plan_coverage(resource: dict[str, Any]) -> PlanCoverage:
-    descriptors: list[str] = []
-    for cls in resource.get("class") or []:
+def _coverage_record(c: dict[str, Any], reference: str, organizations: dict[str, dict[str, Any]]) -> CoverageRecord:
+    problems: list[str] = []
+    status = c.get("status")
+    if not isinstance(status, str):
+        problems.append("status is missing or not a code")
+        status = ""
+    order = c.get("order")
+    if order is not None and not (isinstance(order, int) and not isinstance(order, bool) and order > 0):
+        problems.append("order is not a positive integer")
+        order = None
+    start = end = None
+    period = c.get("period")
+    if period is not None:
+        try:
+            if not isinstance(period, dict) or not all(isinstance(period.get(k, ""), str) for k in ("start", "end")):
+                raise ValueError("not a Period")
+            start = day_range(period["start"])[0] if "start" in period else None
+            end = day_range(period["end"])[1] if "end" in period else None
+        except ValueError:  # also a date that does not exist (2025-02-30) or is not a date at all
+            problems.append("period is not a FHIR Period of dates")
+            start = end = None
+    identifiers: list[tuple[str, str]] = []
+    names: list[str] = []
+    payors = c.get("payor")
+    if payors is not None and not isinstance(payors, list):
+        problems.append("payor is not a list")
+        payors = []
+    for payor in payors or []:
+        if not isinstance(payor, dict):
+            problems.append("payor entry is not a Reference")
+            continue
+        identifiers += _identifiers([payor.get("identifier")])
+        if isinstance(payor.get("display"), str):
+            names.append(payor["display"])
+        ref = payor.get("reference")
+        org = None
+        if isinstance(ref, str):
+            contained = _list_of(c.get("contained"))
+            org = (next((r for r in contained if isinstance(r, dict) and r.get("id") == ref[1:]), None)
+                   if ref.startswith("#") else organizations.get(_local(ref)))
+        if isinstance(org, dict):
+            identifiers += _identifiers(_list_of(org.get("identifier")))
+            names += [n for n in (org.get("name"), *_list_of(org.get("alias"))) if isinstance(n, str)]
+    plan_names: list[str] = []
+    plan_values: list[str] = []
+    classes = c.get("class")
+    for cls in classes if isinstance(classes, list) else []:
         if isinstance(cls, dict):
-            descriptors += [str(cls[k]) for k in ("value", "name") if cls.get(k)]
-    for payor in resource.get("payor") or []:
-        if isinstance(payor, dict) and payor.get("display"):
-            descriptors.append(str(payor["display"]))
-    rid = resource.get("id")
-    return PlanCoverage(f"Coverage/{rid}" if rid else "Coverage", tuple(descriptors))
+            plan_values += [cls["value"]] if isinstance(cls.get("value"), str) else []
+            plan_names += [v for v in (cls.get("name"), cls.get("value")) if isinstance(v, str)]
+    coverage_type = c.get("type")
+    if isinstance(coverage_type, dict):
+        plan_names += [t for t in (coverage_type.get("text"), *(x.get("display") for x in _codings(coverage_type)))
+                       if isinstance(t, str)]
+    return CoverageRecord(reference, status, order, start, end, tuple(dict.fromkeys(identifiers)),
+                          tuple(dict.fromkeys(n.strip() for n in names if n.strip())),
+                          tuple(dict.fromkeys(n.strip() for n in plan_names if n.strip())),
+                          tuple(dict.fromkeys(v.strip() for v in plan_values if v.strip())), "; ".join(problems))
+
+
+def _identifiers(items: Iterable[Any]) -> list[tuple[str, str]]:
+    out = []
+    for i in items:
+        if isinstance(i, dict) and isinstance(i.get("value"), str) and i["value"].strip():
+            system = i.get("system")
+            out.append((system.strip() if isinstance(system, str) else "", i["value"].strip()))
+    return out
+
+
+def _list_of(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []

@@ -1,31 +1,56 @@
-"""One hook call, end to end: parse -> gather facts -> decide -> render -> store.
+"""One hook call, end to end, in one straight line:
+
+parse the request for its hook -> (a retry? answer as before) -> complete the orders -> judge each
+order -> complete the coverage -> select the Coverages this endpoint answers for -> decide one
+coverage-information per order and Coverage -> issue stable assertion ids -> render -> record.
 
 Framework-free so the HTTP layer and the ``evaluate`` command run exactly the same path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
+import orjson
+
+from cds_service import terminology
 from cds_service.auth import Client, TokenVerifier
-from cds_service.decision import CoverageFacts, CoverageStatus, applies, decide
+from cds_service.decision import (
+    Context,
+    CoverageFacts,
+    CoverageProblem,
+    CoverageSource,
+    Decision,
+    OrderJudgement,
+    Selection,
+    decide,
+    judge,
+    select,
+)
 from cds_service.fhir_client import FetchError, FhirClient
 from cds_service.intake import (
-    HookCall,
+    ConditionIndex,
+    HookRequest,
+    OrderSource,
     RequestError,
-    coverage_facts,
-    coverage_from_prefetch,
-    parse_hook_call,
+    check_read_elements,
+    coverage_records,
+    coverage_resources,
+    parse_request,
+    to_order,
+    validate_order,
 )
 from cds_service.knowledge import Knowledge
 from cds_service.observability import DECISIONS, FHIR_FETCH_ERRORS, hook_instance
-from cds_service.render import RenderOptions, render
-from cds_service.services import CONFIGURATION_OPTIONS, ServiceSpec
+from cds_service.render import Issued, RenderOptions, render
+from cds_service.services import CONFIGURATION_OPTIONS, COVERAGE, DISPATCHED_ORDERS, Prefetch, ServiceDeclaration
 from cds_service.store import Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -48,82 +73,183 @@ class FhirAccess:
 
 
 @dataclass
-class Engine:
+class Pipeline:
     knowledge: Knowledge
     store: Store
-    services: dict[str, ServiceSpec]
-    payer_label: str
-    plan_keywords: tuple[str, ...]
+    services: dict[str, ServiceDeclaration]
     today: Callable[[], date]
     fhir: FhirAccess
+    mode: str = "crd"  # crd | sandbox (see README, "Modes")
     verifier: TokenVerifier | None = None
     public_base_url: str = ""
 
-    def handle_hook(self, service_id: str, body: Any, client: Client | None = None) -> dict[str, Any]:
+    def handle_hook(self, service_id: str, body: Any, client: Client | None = None,
+                    base_url: str = "") -> dict[str, Any]:
         started = time.perf_counter()
         deadline = time.monotonic() + self.fhir.budget_seconds  # for everything fetched in this call
-        spec = self.services[service_id]
+        service = self.services[service_id]
+        request = parse_request(body, service.hook)
+        hook_instance.set(request.hook_instance)
+        iss = client.iss if client else ""
+        retry_key = _digest(f"{iss}\n{request.hook_instance}")
+        digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        if (replay := self._recorded(retry_key, digest)) is not None:
+            return replay
+        if request.requested_version not in (None, terminology.CRD_VERSION):
+            raise RequestError(f"CRD version {request.requested_version} is not supported; this service implements "
+                               f"CRD {terminology.CRD_VERSION}", "extension.davinci-crd.requestedVersion", 422)
+        disabled = _disabled_card_types(request.configuration)
         today = self.today()
-        call = parse_hook_call(body, spec.hook, self.knowledge, today)
-        hook_instance.set(call.hook_instance)
-        disabled = _disabled_card_types(call.configuration)
+        ctx = Context(today, (self.public_base_url or base_url).rstrip("/"))
 
-        judged = tuple(o for o in call.orders if applies(o, self.knowledge, call.patient_categories))
-        call.validate_orders(judged)
-        coverage = coverage_from_prefetch(call.prefetch.get("coverage"))
-        if coverage is None:
-            # Nobody's coverage is fetched for orders the policy has nothing to say about.
-            coverage = (self._fetch_coverage(call, client, deadline) if judged
-                        else CoverageFacts(CoverageStatus.UNAVAILABLE))
-        decision = decide(judged, coverage, self.knowledge, today, self.plan_keywords, call.patient_categories)
-        options = RenderOptions(self.payer_label, disabled, pages_base=self.public_base_url)
-        rendered = render(decision, self.knowledge, options)
-        for od in decision.orders:
-            DECISIONS.labels(od.outcome.value).inc()
+        request = self._complete_orders(request, client, deadline)
+        conditions = ConditionIndex(request.resources)
+        patient_categories = conditions.categories(self.knowledge)
+        judgements: list[OrderJudgement] = []
+        for source in request.orders:
+            judgement = judge(to_order(source, self.knowledge, today, conditions), self.knowledge, patient_categories)
+            if judgement is not None:
+                validate_order(source.resource, source.location)
+                judgements.append(judgement)
 
-        orders_audit = [{"reference": od.order.reference, "codes": list(od.order.codes),
-                         "date_of_service": od.order.date_of_service.isoformat(), "outcome": od.outcome.value}
-                        for od in decision.orders]
-        assertions = [{
-            "assertion_id": ra.assertion_id, "hook_instance": call.hook_instance,
-            "client_iss": client and client.iss, "order_reference": ra.order.order.reference,
-            "coverage_reference": ra.assertion.coverage,
-            "code": ra.order.code, "covered": ra.assertion.covered.value, "pa_needed": ra.assertion.pa_needed,
-            "reason": ra.assertion.reason, "policy": self.knowledge.policy_label,
-            "policy_version": self.knowledge.policy_version, "artifact_version": self.knowledge.artifact_digest,
-            "date_of_service": ra.order.order.date_of_service, "assertion_date": today,
-        } for ra in rendered.assertions]
-        self.store.record_hook_call({
-            "hook_instance": call.hook_instance, "service_id": service_id, "client_iss": client and client.iss,
-            "received_at": utcnow(), "latency_ms": (time.perf_counter() - started) * 1000,
-            "decision_summary": decision.summary, "orders": orders_audit,
-        }, assertions)
+        sandbox_note: tuple[str, str] | None = None
+        selection = Selection(())
+        if judgements:  # nobody's coverage is read for orders the policy has nothing to say about
+            facts = self._coverage(request, client, deadline)
+            selection = select(facts, self.knowledge)
+            if selection.problem is not None:
+                if self.mode == "crd":  # CRD hook-13: a Coverage this endpoint does not handle is a 400
+                    raise RequestError(selection.message, "prefetch.coverage")
+                if selection.problem is CoverageProblem.OTHER_PAYER:
+                    judgements = []  # another payer's member: this payer's service has nothing to say
+                else:
+                    sandbox_note = (("no-coverage-found", selection.message)
+                                    if facts.source is CoverageSource.NONE_FOUND
+                                    else ("coverage-not-established", selection.message))
+        decision = decide(judgements, selection, self.knowledge, ctx)
+
+        issued = self._issue(decision, request, iss)
+        options = RenderOptions(disabled, primary_hook=service.primary, sandbox_note=sandbox_note)
+        rendered = render(decision, issued, self.knowledge, ctx, options)
+        for j in decision.judgements:
+            for v in j.verdicts or ():
+                DECISIONS.labels(v.reason).inc()
+
+        assertions = [self._assertion_row(request, iss, j, i)
+                      for j in decision.judgements for i in issued.get(j.order.reference, []) if i.new]
+        now = utcnow()
+        call = {
+            "hook_instance": request.hook_instance, "service_id": service_id, "hook": service.hook,
+            "client_iss": client and client.iss, "received_at": now,
+            "latency_ms": (time.perf_counter() - started) * 1000, "decision_summary": decision.summary,
+            "orders": _audit(decision), "request_digest": digest, "retry_key": retry_key,
+            "response": rendered.response,
+        }
+        cards = [{**c, "hook_instance": request.hook_instance, "client_iss": client and client.iss,
+                  "service_id": service_id, "issued_at": now} for c in rendered.cards]
+        recorded = self.store.record_hook_call(call, assertions, cards)
+        if not recorded and (replay := self._recorded(retry_key, digest)) is not None:
+            return replay  # a retry of this hookInstance was recorded while we worked: answer what it answered
         return rendered.response
 
-    def _fetch_coverage(self, call: HookCall, client: Client | None, deadline: float) -> CoverageFacts:
-        """Coverage the prefetch did not bring: fetched from an allowed fhirServer, else unknown.
+    # ------------------------------------------------------------ steps
 
-        A null prefetch value is the client saying its query found nothing; that stands when the
-        data cannot be fetched. Any failure leaves coverage UNAVAILABLE: never invented, never a 500.
-        """
-        found_nothing = "coverage" in call.prefetch and call.prefetch["coverage"] is None
-        fallback = CoverageFacts(CoverageStatus.NONE if found_nothing else CoverageStatus.UNAVAILABLE)
-        patient = call.context.get("patientId")
-        if not call.fhir_server or not isinstance(patient, str) or not patient:
-            return fallback
-        if not self.fhir.allowed(call.fhir_server, client):
+    def _recorded(self, retry_key: str, digest: str) -> dict[str, Any] | None:
+        """The answer already given to this hookInstance (an EHR retry), or None for a new call."""
+        stored = self.store.recorded_response(retry_key)
+        if stored is None:
+            return None
+        stored_digest, response = stored
+        if stored_digest != digest:
+            raise RequestError("This hookInstance was already used for a different request; each hook invocation "
+                               "needs its own hookInstance", "hookInstance", 409)
+        return response
+
+    def _complete_orders(self, request: HookRequest, client: Client | None, deadline: float) -> HookRequest:
+        """order-dispatch: the dispatched orders neither context nor prefetch carried, read from the fhirServer."""
+        if not request.missing_orders:
+            return request
+        found, _ = self._search(request, DISPATCHED_ORDERS, client, deadline)
+        fetched = []
+        for resource in found or []:
+            ref = f"ServiceRequest/{resource.get('id')}"
+            if resource.get("resourceType") == "ServiceRequest" and ref in request.missing_orders:
+                where = f"fhirServer {ref}"
+                check_read_elements(resource, where)
+                fetched.append(OrderSource(resource, where, False))
+        return replace(request, orders=(*request.orders, *fetched))
+
+    def _coverage(self, request: HookRequest, client: Client | None, deadline: float) -> CoverageFacts:
+        """The Coverages of the request: from prefetch, else searched on the fhirServer, else unknown.
+        A null prefetch value is the client saying its query found nothing; that stands when the data
+        cannot be fetched. Nothing is invented and nothing raises past here."""
+        value = request.prefetch.get(COVERAGE.key)
+        resources = coverage_resources(value)
+        if resources is None:
+            resources, problem = self._search(request, COVERAGE, client, deadline)
+            if resources is None:
+                found_nothing = COVERAGE.key in request.prefetch and value is None
+                return (CoverageFacts(CoverageSource.NONE_FOUND) if found_nothing
+                        else CoverageFacts(CoverageSource.UNAVAILABLE, problem=problem))
+        records = coverage_records(resources, request.resources, self.knowledge)
+        return CoverageFacts(CoverageSource.PROVIDED if records else CoverageSource.NONE_FOUND, records)
+
+    def _search(self, request: HookRequest, prefetch: Prefetch, client: Client | None,
+                deadline: float) -> tuple[list[dict[str, Any]] | None, str]:
+        """What a prefetch key holds, searched on the request's fhirServer within the call's budget."""
+        query = prefetch.search(request)
+        if query is None:
+            return [], ""
+        server = request.fhir_server
+        if not server:
+            return None, f"the '{prefetch.key}' prefetch was not provided and the request names no fhirServer"
+        if not self.fhir.allowed(server, client):
             FHIR_FETCH_ERRORS.labels("not-allowed").inc()
-            log.warning("fhirServer %s is not on the allow-list; not called", call.fhir_server)
-            return CoverageFacts(CoverageStatus.UNAVAILABLE)
-        token = call.fhir_authorization["access_token"] if call.fhir_authorization else None
+            log.warning("fhirServer %s is not on the allow-list; not called", server)
+            return None, f"the '{prefetch.key}' prefetch was not provided and the fhirServer is not one this service " \
+                         "may call"
+        token = request.fhir_authorization["access_token"] if request.fhir_authorization else None
+        resource_type, params = query
         try:
-            resources = self.fhir.client.search(call.fhir_server, "Coverage", {"patient": patient, "status": "active"},
-                                                token, deadline)
+            return self.fhir.client.search(server, resource_type, params, token, deadline), ""
         except FetchError as exc:
             FHIR_FETCH_ERRORS.labels(exc.reason).inc()
-            log.warning("coverage fetch failed: %s", exc)
-            return CoverageFacts(CoverageStatus.UNAVAILABLE)
-        return coverage_facts(resources)
+            log.warning("%s fetch failed: %s", resource_type, exc)
+            return None, f"the {resource_type} search on the fhirServer failed ({exc})"
+
+    def _issue(self, decision: Decision, request: HookRequest, iss: str) -> dict[str, list[Issued]]:
+        """Assertion ids that stay put: a verdict already given for this order and Coverage keeps its id
+        and date; an order that carries exactly that coverage-information gets no system action (CRD
+        resp-35). A verdict that changed gets a new id."""
+        out: dict[str, list[Issued]] = {}
+        for j in decision.judgements:
+            held = {(ref, aid): verdict for ref, aid, verdict in j.order.held}
+            for v in j.verdicts:
+                subject = _subject_key(iss, request.patient_id, j.order.reference, v.coverage.reference)
+                previous = self.store.issued_assertion(subject, v.information.fingerprint)
+                if previous is not None:
+                    information = v.information.issued(*previous)
+                    send = held.get((v.coverage.reference, previous[0])) != information.verdict_json()
+                    out.setdefault(j.order.reference, []).append(Issued(v, information, False, send))
+                else:
+                    information = v.information.issued(_new_assertion_id(), decision.today)
+                    out.setdefault(j.order.reference, []).append(Issued(v, information, True, True))
+        return out
+
+    def _assertion_row(self, request: HookRequest, iss: str, j: OrderJudgement, i: Issued) -> dict[str, Any]:
+        info, window = i.information, j.order.window
+        return {
+            "assertion_id": info.assertion_id, "hook_instance": request.hook_instance, "client_iss": iss or None,
+            "order_reference": j.order.reference, "coverage_reference": info.coverage,
+            "code": j.recognition.code, "covered": info.covered.value,
+            "pa_needed": info.pa_needed.value if info.pa_needed else None, "reason": i.verdict.reason,
+            "policy": self.knowledge.policy_label, "policy_version": self.knowledge.policy_version,
+            "artifact_version": self.knowledge.artifact_digest, "date_of_service": window.start,
+            "date_of_service_end": window.end, "date_of_service_stated": window.stated,
+            "assertion_date": info.date, "expiry_date": info.expiry_date,
+            "subject_key": _subject_key(iss, request.patient_id, j.order.reference, info.coverage),
+            "fingerprint": info.fingerprint, "information": info.to_fhir(),
+        }
 
     def handle_feedback(self, service_id: str, body: Any, client: Client | None = None) -> int:
         rows = parse_feedback(body, service_id)
@@ -133,12 +259,31 @@ class Engine:
         return len(rows)
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _subject_key(iss: str, patient: str, order: str, coverage: str) -> str:
+    """Which order of which patient under which Coverage a verdict is about, as one hash (no identifiers kept)."""
+    return _digest(f"{iss}\n{patient}\n{order}\n{coverage}")
+
+
+def _new_assertion_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _audit(decision: Decision) -> list[dict[str, Any]]:
+    return [{"reference": j.order.reference, "codes": [c for _, c, _ in j.order.codings],
+             "date_of_service": j.order.window.describe(), "outcome": j.policy_reason or "none",
+             "verdicts": [v.reason for v in j.verdicts]} for j in decision.judgements]
+
+
 def _disabled_card_types(configuration: dict[str, Any]) -> frozenset[str]:
     known = {o["code"] for o in CONFIGURATION_OPTIONS}
     disabled = set()
     for code, value in configuration.items():
         if code not in known:
-            continue  # options we never advertised are ignored
+            continue  # options we never advertised are ignored (CRD dev-17)
         if not isinstance(value, bool):
             raise RequestError(f"Configuration option '{code}' must be a boolean",
                                f"extension.davinci-crd.configuration.{code}")

@@ -1,7 +1,9 @@
-"""Render a Decision as a CDS Hooks 2.0 response: cards for people, CRD systemActions for machines.
+"""Render a Decision as a CDS Hooks 2.0 response: cards for people, CRD system actions for machines.
 
-Card wording comes from the PlanDefinition's action templates (fhir_profiles/); this module
-only fills them in and applies the CDS Hooks / CRD structure rules.
+Card wording comes from the PlanDefinition's action templates (fhir_profiles/), filled with the
+same values the verdict's reason text uses (``rules.wording``); the verdicts themselves are
+serialised by ``CoverageInformation.to_fhir``. This module only chooses which cards to show and
+applies the CDS Hooks / CRD structure rules (External Reference cards carry no suggestions).
 """
 
 from __future__ import annotations
@@ -12,231 +14,178 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cds_service import terminology
-from cds_service.decision import Assertion, CoverageStatus, Decision, OrderDecision, Outcome
-from cds_service.knowledge.model import Knowledge, Link, Route, page_id
+from cds_service.coverage_information import CoverageInformation, extensions_on
+from cds_service.decision import Decision, OrderJudgement, PayerKind, Verdict
+from cds_service.decision.rules import Context, fill, governing_policies, policy_url, wording
+from cds_service.fhir_json import pruned
+from cds_service.knowledge.model import Knowledge, Link
 
 SUMMARY_LIMIT = 139  # CDS Hooks: summary SHALL be under 140 characters
+COVERAGE_CARDS = ("product-variation-manual", "no-active-coverage", "technical")
+WARNINGS = ("investigational-code-list", "investigational-policy-statement")
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A verdict with the assertion id and date it is sent under, and whether the order needs it."""
+
+    verdict: Verdict
+    information: CoverageInformation
+    new: bool  # first time this verdict was given (False: the id the EHR already has, reused)
+    send: bool  # False when the order already carries exactly this coverage-information (CRD resp-35)
 
 
 @dataclass(frozen=True)
 class RenderOptions:
-    payer_label: str
     disabled_card_types: frozenset[str] = frozenset()  # CRD configuration: card types turned off
-    pages_base: str = ""  # public base URL: when set, cards also link this service's policy pages
+    primary_hook: bool = True  # order-sign / order-dispatch: systemActions is always present
+    sandbox_note: tuple[str, str] | None = None  # sandbox mode, no verdict: (card template, why)
     new_id: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
-
-
-@dataclass(frozen=True)
-class RenderedAssertion:
-    """A coverage assertion as sent, for the store."""
-
-    assertion_id: str
-    order: OrderDecision
-    assertion: Assertion
 
 
 @dataclass
 class Rendered:
     response: dict[str, Any]
-    assertions: list[RenderedAssertion]
+    cards: list[dict[str, Any]]  # for the store: uuid, template, card type, indicator, order
 
 
-class _Fill(dict[str, str]):
-    def __missing__(self, key: str) -> str:  # an unknown placeholder stays visible rather than failing
-        return "{" + key + "}"
-
-
-def render(decision: Decision, knowledge: Knowledge, options: RenderOptions) -> Rendered:
-    cards: list[dict[str, Any]] = []
-    for od in decision.orders:
-        cards.extend(_order_cards(od, decision, knowledge, options))
-    if decision.no_active_coverage:
-        codes = ", ".join(sorted({od.code or od.order.reference for od in decision.orders}))
-        cards.append(_card("no-active-coverage", knowledge, options, [knowledge.policy_link],
-                           {"codes": codes}))
-    cards = [c for c in cards if c["source"]["topic"]["code"] not in options.disabled_card_types]
+def render(decision: Decision, issued: dict[str, list[Issued]], knowledge: Knowledge, ctx: Context,
+           options: RenderOptions) -> Rendered:
+    cards: list[tuple[str, str, dict[str, Any]]] = []  # (template, order reference, card)
+    for j in decision.judgements:
+        cards += [(t, j.order.reference, c) for t, c in _order_cards(j, knowledge, ctx, options)]
+    if decision.judgements and options.sandbox_note:
+        template, why = options.sandbox_note
+        values = {"tests": ", ".join(dict.fromkeys(j.label for j in decision.judgements)),
+                  "policy": knowledge.policy_label, "payer": knowledge.publisher, "problem_detail": why}
+        cards.append((template, "", _card(template, knowledge, options, values, [])))
+    shown = [(t, ref, c) for t, ref, c in cards if c["source"]["topic"]["code"] not in options.disabled_card_types]
 
     actions: list[dict[str, Any]] = []
-    sent: list[RenderedAssertion] = []
     if "coverage-info" not in options.disabled_card_types:
-        for od in decision.orders:
-            if od.assertions:
-                ids = [options.new_id() for _ in od.assertions]
-                actions.append(_coverage_update(od, ids, decision, knowledge))
-                sent += [RenderedAssertion(i, od, a) for i, a in zip(ids, od.assertions, strict=True)]
-
-    response: dict[str, Any] = {"cards": cards}
+        for j in decision.judgements:
+            sent = issued.get(j.order.reference, [])
+            if any(i.send for i in sent):
+                actions.append(_coverage_update(j, sent))
+    response: dict[str, Any] = {"cards": [c for _, _, c in shown]}
+    if actions or options.primary_hook:
+        response["systemActions"] = actions  # CRD: primary hooks always answer with systemActions
     if actions:
-        response["systemActions"] = actions
         response["extension"] = {"systemActions": actions}  # the public sandbox reads only this copy
-    return Rendered(response, sent)
+    records = [{"uuid": c["uuid"], "template": t, "card_type": c["source"]["topic"]["code"],
+                "indicator": c["indicator"], "order_reference": ref or None} for t, ref, c in shown]
+    return Rendered(response, records)
 
 
 # ---------------------------------------------------------------- cards
 
 
-def _order_cards(od: OrderDecision, decision: Decision, knowledge: Knowledge,
-                 options: RenderOptions) -> Iterable[dict[str, Any]]:
-    order = od.order
-    listed = knowledge.listed.get(od.code)
-    values = {
-        "code": od.code or order.text or order.reference,
-        "display": listed.display if listed else order.text,
-        "date_of_service": order.date_of_service.isoformat(),
-        "date_basis": order.date_basis,
-        "plan": "; ".join(d for c in od.own_manual_coverages for d in c.descriptors) or "the member's plan",
-    }
-    unavailable = decision.coverage.status is CoverageStatus.UNAVAILABLE
-    governing = _route_links(od.routes, knowledge)
-
-    if od.outcome is Outcome.INVESTIGATIONAL:
-        related = governing or [_policy_link(knowledge, p) for p in (listed.related_policies if listed else ())]
-        card = _card("investigational", knowledge, options, [knowledge.policy_link, *related], values,
-                     extra=[_routes_paragraph(od.routes, knowledge, binding=True), _unavailable(unavailable)])
-        card["overrideReasons"] = [c.as_fhir() for c in knowledge.override_reasons]
-        if order.reference != "ServiceRequest":
-            card["selectionBehavior"] = "at-most-one"
-            card["suggestions"] = [{
-                "label": f"Remove the {values['code']} order",
-                "uuid": options.new_id(),
-                "isRecommended": False,
-                "actions": [{"type": "delete", "description": f"Remove the draft order for {values['code']}",
-                             "resourceId": [order.reference]}],
-            }]
-        yield card
-    elif od.outcome is Outcome.RETIRED:
-        yield _card("retired", knowledge, options, [knowledge.successor, knowledge.policy_link, *governing], values,
-                    extra=[_routes_paragraph(od.routes, knowledge, binding=False), _unavailable(unavailable)])
-    elif od.outcome is Outcome.OTHER_POLICY:
-        yield _card("other-policy", knowledge, options, [*governing, knowledge.policy_link],
-                    {**values, **_route_values(od.routes, knowledge)})
-    if od.own_manual_coverages:
-        yield _card("fep", knowledge, options, [knowledge.fep_manual, knowledge.policy_link], values)
+def _order_cards(j: OrderJudgement, knowledge: Knowledge, ctx: Context,
+                 options: RenderOptions) -> Iterable[tuple[str, dict[str, Any]]]:
+    policy_verdicts = [v for v in j.verdicts if v.reason not in COVERAGE_CARDS]
+    template = policy_verdicts[0].reason if policy_verdicts else (j.policy_reason if not j.verdicts else None)
+    if template is not None:
+        verdict = policy_verdicts[0] if policy_verdicts else None
+        values = wording(j, knowledge, verdict.coverage if verdict else None, verdict.segments if verdict else ())
+        values["route_note"] = _route_note(j, knowledge) if template == "investigational-code-list" else ""
+        card = _card(template, knowledge, options, values, _links(template, j, knowledge, ctx))
+        if template in WARNINGS:
+            card["overrideReasons"] = [c.as_fhir() for c in knowledge.override_reasons]
+        yield template, card
+        if template in WARNINGS and j.order.draft and "/" in j.order.reference:
+            yield "remove-order", _remove_order_card(j, knowledge, options, values)
+    shown: set[tuple[str, str]] = set()
+    for v in j.verdicts:
+        if v.reason in COVERAGE_CARDS and (v.reason, v.coverage.reference) not in shown:
+            shown.add((v.reason, v.coverage.reference))
+            values = wording(j, knowledge, v.coverage, v.segments)
+            links = ([v.coverage.variation.manual, _policy_link(knowledge, ctx)]
+                     if v.coverage.payer is PayerKind.VARIATION and v.coverage.variation else [])
+            yield v.reason, _card(v.reason, knowledge, options, values, links)
 
 
-def _card(action_id: str, knowledge: Knowledge, options: RenderOptions, links: list[Link],
-          values: dict[str, str], extra: Iterable[str] = ()) -> dict[str, Any]:
-    template = knowledge.templates[action_id]
-    fill = _Fill({"policy": knowledge.policy_label, "policy_title": knowledge.policy_title,
-                  "retirement_date": knowledge.retirement.isoformat(), "successor": knowledge.successor.label,
-                  "payer": options.payer_label, **values})
-    summary = template.summary.format_map(fill)
+def _links(template: str, j: OrderJudgement, knowledge: Knowledge, ctx: Context) -> list[Link]:
+    main = _policy_link(knowledge, ctx)
+    governing = [Link(f"{p.label} {p.title}", policy_url(p.label, p.url, ctx))
+                 for p in governing_policies(j, knowledge)]
+    library = knowledge.policy_library
+    if template == "investigational-code-list":
+        listed = knowledge.listed[j.recognition.code]
+        related = governing or [Link(f"{p.label} {p.title}", policy_url(p.label, p.url, ctx))
+                                for p in (knowledge.policies[n] for n in listed.related_policies)]
+        return [main, *related, library]
+    if template == "policy-retired-delegated":
+        return [knowledge.successor, main, library]
+    if template == "other-policy-governs":
+        return [*governing, main]
+    return [main, library]
+
+
+def _policy_link(knowledge: Knowledge, ctx: Context) -> Link:
+    return Link(f"{knowledge.policy_label} {knowledge.policy_title}",
+                policy_url(knowledge.policy_label, knowledge.policy_link.url, ctx))
+
+
+def _route_note(j: OrderJudgement, knowledge: Knowledge) -> str:
+    """A listed code whose diagnosis or test points to a use another policy governs: say so, and that
+    the list decides this order (only an order's stated purpose takes it out of the list)."""
+    if not j.routes:
+        return ""
+    values = wording(j, knowledge)
+    return (f"\n\nGoing by {values['use_basis']}, this test is for {values['use']}, a use {values['policy']} leaves "
+            f"to {values['governing']} ({values['route_basis']}). {values['code']} is on {values['policy']}'s list, "
+            "so the list decides this order.")
+
+
+def _remove_order_card(j: OrderJudgement, knowledge: Knowledge, options: RenderOptions,
+                       values: dict[str, str]) -> dict[str, Any]:
+    card = _card("remove-order", knowledge, options, values, [])
+    card["selectionBehavior"] = "at-most-one"
+    card["suggestions"] = [{
+        "label": f"Remove the draft order for {j.label}",
+        "uuid": options.new_id(),
+        "isRecommended": False,
+        "actions": [{"type": "delete", "description": f"Remove the draft order for {j.label}",
+                     "resourceId": j.order.reference}],
+    }]
+    return card
+
+
+def _card(template_id: str, knowledge: Knowledge, options: RenderOptions, values: dict[str, str],
+          links: list[Link]) -> dict[str, Any]:
+    template = knowledge.templates[template_id]
+    summary = fill(template.summary, values)
     if len(summary) > SUMMARY_LIMIT:
         summary = summary[: SUMMARY_LIMIT - 1].rstrip() + "…"
-    detail = "\n\n".join(p for p in (template.detail.format_map(fill), *extra) if p)
-    unique = list(dict.fromkeys(links))
-    if options.pages_base:
-        unique.append(Link(f"{knowledge.policy_label} summary and code history (this service)",
-                           f"{options.pages_base}/policies/{page_id(knowledge.policy_label)}"))
-    return {
+    card: dict[str, Any] = {
         "uuid": options.new_id(),
         "summary": summary,
-        "detail": detail,
+        "detail": fill(template.detail, values),
         "indicator": terminology.INDICATOR_BY_PRIORITY[template.priority],
-        "source": {"label": options.payer_label, "url": knowledge.policy_link.url,
-                   "topic": template.card_type.as_fhir()},
-        "links": [{"label": link.label, "url": link.url, "type": "absolute"} for link in unique],
+        "source": {"label": knowledge.publisher, "topic": template.card_type.as_fhir()},
     }
-
-
-def _policy_link(knowledge: Knowledge, number: str) -> Link:
-    p = knowledge.policies[number]
-    return Link(f"{p.label} {p.title}", p.url)
-
-
-def _route_links(routes: tuple[Route, ...], knowledge: Knowledge) -> list[Link]:
-    return [_policy_link(knowledge, r.policy) for r in routes if r.policy]
-
-
-def _route_values(routes: tuple[Route, ...], knowledge: Knowledge) -> dict[str, str]:
-    named = [knowledge.policies[r.policy] for r in routes if r.policy]
-    labels = list(dict.fromkeys(p.label for p in named))
-    sentences = list(dict.fromkeys(f"{p.label} ({p.title}) governs it." for p in named)) or [
-        f"{knowledge.policy_label} names no single policy for it; check the payer's policy library."]
-    return {
-        "use": "; ".join(dict.fromkeys(r.use for r in routes)),
-        "governing": " and ".join(labels) or "another policy",
-        "governing_sentence": " ".join(sentences),
-        "basis_sentence": _basis(routes, knowledge),
-    }
-
-
-def _basis(routes: tuple[Route, ...], knowledge: Knowledge) -> str:
-    parts = []
-    for r in routes:
-        if r.basis == "inference":
-            parts.append(f"*This routing is an inference, not {knowledge.policy_label}'s own words:* {r.comment}")
-        else:
-            parts.append(f"*This routing follows {knowledge.policy_label}'s own words:* {r.comment}")
-    return "\n\n".join(dict.fromkeys(parts))
-
-
-def _routes_paragraph(routes: tuple[Route, ...], knowledge: Knowledge, binding: bool) -> str:
-    if not routes:
-        return ""
-    values = _route_values(routes, knowledge)
-    lead = (f"This order's reason points to a use {knowledge.policy_label} does not address "
-            f"({values['use']}); {values['governing_sentence']}")
-    if binding:
-        lead += f" The code is on {knowledge.policy_label}'s list, so the list still applies to it."
-    return lead + "\n\n" + values["basis_sentence"]
-
-
-def _unavailable(unavailable: bool) -> str:
-    if not unavailable:
-        return ""
-    return ("_The patient's coverage could not be checked, so plan-specific variations (such as plans "
-            "with their own policy manual) could not be checked either._")
+    unique = [link for link in dict.fromkeys(links) if link.url]
+    if unique:
+        card["links"] = [{"label": link.label, "url": link.url, "type": "absolute"} for link in unique]
+    return card
 
 
 # ---------------------------------------------------------------- CRD coverage information
 
 
-def _coverage_update(od: OrderDecision, ids: list[str], decision: Decision, knowledge: Knowledge) -> dict[str, Any]:
-    resource = pruned(od.order.resource)
-    resource.setdefault("extension", [])
-    resource["extension"] = [e for e in resource["extension"]
-                             if not (isinstance(e, dict) and e.get("url") == terminology.CRD_COVERAGE_INFORMATION)]
-    system = knowledge.code_system_cpt
-    for assertion_id, a in zip(ids, od.assertions, strict=True):
-        reason = knowledge.coverage_reasons[a.reason]
-        sub: list[dict[str, Any]] = [
-            {"url": "coverage", "valueReference": {"reference": a.coverage}},
-            {"url": "covered", "valueCode": a.covered.value},
-        ]
-        if a.pa_needed:
-            sub.append({"url": "pa-needed", "valueCode": a.pa_needed})
-        if od.code:
-            sub.append({"url": "billingCode", "valueCoding": {"system": system, "code": od.code}})
-        sub += [
-            {"url": "reason", "valueCodeableConcept": {"coding": [reason.as_fhir()], "text": _reason_text(a, od,
-                                                                                                         knowledge)}},
-            {"url": "detail", "extension": [
-                {"url": "code", "valueCodeableConcept": {
-                    "coding": [{"system": reason.system, "code": "medical-policy"}], "text": knowledge.policy_label}},
-                {"url": "value", "valueUrl": knowledge.policy_link.url},
-            ]},
-            {"url": "date", "valueDate": decision.today.isoformat()},
-            {"url": "coverage-assertion-id", "valueString": assertion_id},
-        ]
-        resource["extension"].append({"url": terminology.CRD_COVERAGE_INFORMATION, "extension": sub})
-    return {"type": "update", "description": f"Coverage information for {od.code or od.order.reference}",
-            "resource": resource}
+def _coverage_update(j: OrderJudgement, sent: list[Issued]) -> dict[str, Any]:
+    """An update of the order adding our coverage-information (replacing what we said before about the
+    same Coverages) and changing nothing else (CRD resp-37)."""
+    resource = pruned(j.order.resource)
+    ours = {i.information.coverage for i in sent}
+    kept = [e for e in resource.get("extension", []) if not _about(e, ours)]
+    resource["extension"] = kept + [i.information.to_fhir() for i in sent]
+    return {"type": "update", "description": f"Coverage information for {j.label}", "resource": resource}
 
 
-def pruned(node: Any) -> Any:
-    """A copy without empty strings, arrays or objects, which FHIR JSON does not allow."""
-    if isinstance(node, dict):
-        items = ((k, pruned(v)) for k, v in node.items())
-        return {k: v for k, v in items if v not in ("", [], {}, None)}
-    if isinstance(node, list):
-        return [v for v in map(pruned, node) if v not in ("", [], {})]
-    return node
-
-
-def _reason_text(a: Assertion, od: OrderDecision, knowledge: Knowledge) -> str:
-    day = od.order.date_of_service.isoformat()
-    if od.outcome is Outcome.INVESTIGATIONAL:
-        return f"{od.code} is investigational, therefore not covered, under {knowledge.policy_label} on {day}."
-    return (f"{knowledge.policy_label} was retired effective {knowledge.retirement.isoformat()}; coverage is "
-            f"reviewed under the delegated {knowledge.successor.label} program.")
+def _about(extension: Any, coverages: set[str]) -> bool:
+    if not isinstance(extension, dict) or not list(extensions_on({"extension": [extension]})):
+        return False
+    refs = {(e.get("valueReference") or {}).get("reference") for e in extension["extension"]
+            if isinstance(e, dict) and e.get("url") == "coverage"}
+    return bool(refs & coverages)

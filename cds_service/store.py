@@ -12,16 +12,18 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     Date,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -51,6 +53,10 @@ hook_calls = Table(
     Column("latency_ms", Float, nullable=False),
     Column("decision_summary", String(256), nullable=False),
     Column("orders", JSON, nullable=False),  # [{"reference", "codes", "date_of_service", "outcome"}]
+    Column("hook", String(32)),
+    Column("request_digest", String(64)),  # SHA-256 of the request body: what was asked, without its content
+    Column("retry_key", String(64), unique=True),  # issuer + hookInstance, hashed: one record per call
+    Column("response", JSON),  # the response exactly as sent
 )
 
 coverage_assertions = Table(
@@ -67,8 +73,28 @@ coverage_assertions = Table(
     Column("policy", String(64), nullable=False),
     Column("policy_version", String(64), nullable=False),
     Column("artifact_version", String(64), nullable=False),
-    Column("date_of_service", Date, nullable=False),
+    Column("date_of_service", Date, nullable=False),  # first day of the date-of-service window
     Column("assertion_date", Date, nullable=False),
+    Column("subject_key", String(64)),  # issuer + patient + order + coverage, hashed
+    Column("fingerprint", String(64)),  # the verdict's content, hashed: same fingerprint, same assertion
+    Column("information", JSON),  # the coverage-information extension as sent
+    Column("date_of_service_end", Date),  # last day of the window (None: open, the order gave no date)
+    Column("date_of_service_stated", Boolean),
+    Column("expiry_date", Date),
+)
+Index("ix_coverage_assertions_subject", coverage_assertions.c.subject_key, coverage_assertions.c.fingerprint)
+
+cards = Table(
+    "cards", metadata,
+    Column("uuid", String(64), primary_key=True),
+    Column("hook_instance", String(128), nullable=False, index=True),
+    Column("client_iss", String(512)),
+    Column("service_id", String(64), nullable=False),
+    Column("template", String(64), nullable=False),  # the PlanDefinition action the card was rendered from
+    Column("card_type", String(32), nullable=False),
+    Column("indicator", String(16), nullable=False),
+    Column("order_reference", String(256)),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
 )
 
 feedback = Table(
@@ -94,7 +120,7 @@ seen_jti = Table(
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest migration in MIGRATIONS (a test checks it against Alembic's head). Knowing it lets a
 # start-up against a current database skip importing Alembic at all (~0.1 s of cold start).
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 
 class SchemaOutOfDate(Exception):
@@ -185,7 +211,7 @@ class Store:
         self.engine = engine
         self._write_lock = _SqliteWriteLock(engine)
         self._insert = {t.name: _Insert(t, engine.dialect) for t in (hook_calls, coverage_assertions, feedback,
-                                                                      seen_jti)}
+                                                                      seen_jti, cards)}
 
     def require_current_schema(self) -> None:
         current, head = current_revision(self.engine), SCHEMA_REVISION
@@ -202,8 +228,31 @@ class Store:
             return False
         return True
 
-    def record_hook_call(self, call: dict[str, Any], assertions: list[dict[str, Any]]) -> None:
-        self._write(None, (hook_calls, [call]), (coverage_assertions, assertions))
+    def record_hook_call(self, call: dict[str, Any], assertions: list[dict[str, Any]],
+                         issued_cards: list[dict[str, Any]]) -> bool:
+        """Store one call with its new assertions and its cards, in one transaction. False when a call
+        with the same retry key is already stored (an EHR retry raced this one): nothing is written."""
+        try:
+            self._write(None, (hook_calls, [call]), (coverage_assertions, assertions), (cards, issued_cards))
+        except IntegrityError:
+            return False
+        return True
+
+    def recorded_response(self, retry_key: str) -> tuple[str, dict[str, Any]] | None:
+        """(request digest, response) of a stored call."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(hook_calls.c.request_digest, hook_calls.c.response)
+                               .where(hook_calls.c.retry_key == retry_key)).first()
+        return (row[0], row[1]) if row else None
+
+    def issued_assertion(self, subject_key: str, fingerprint: str) -> tuple[str, date] | None:
+        """(assertion id, assertion date) of the verdict already given for this order and Coverage."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(coverage_assertions.c.assertion_id, coverage_assertions.c.assertion_date)
+                               .where(coverage_assertions.c.subject_key == subject_key,
+                                      coverage_assertions.c.fingerprint == fingerprint)
+                               .order_by(coverage_assertions.c.assertion_date.desc()).limit(1)).first()
+        return (row[0], row[1]) if row else None
 
     def record_feedback(self, rows: list[dict[str, Any]]) -> None:
         self._write(None, (feedback, rows))

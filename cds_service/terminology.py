@@ -1,18 +1,24 @@
-"""Identifiers of public terminologies and specifications (FHIR, CDS Hooks, CRD).
+"""Identifiers and codes of public terminologies and specifications (FHIR, CDS Hooks, CRD, ICD-10-CM).
 
 These are facts of the standards, not of the payer's policy; policy facts live in fhir_profiles/.
+Which URIs and OIDs EHRs send CPT, HCPCS and ICD-10-CM under is data too (NamingSystem artifacts).
 """
 
-CPT = "http://www.ama-assn.org/go/cpt"
-HCPCS = (
-    "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
-    "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
-)
-PROCEDURE_CODE_SYSTEMS = frozenset((CPT, *HCPCS))
+HCPCS = "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"  # canonical (terminology.hl7.org)
 
+CRD_VERSION = "2.2"  # davinci-crd.version: the first two parts of the IG version (2.2.1)
 CRD_COVERAGE_INFORMATION = "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
-CRD_COVERAGE_CODES = "http://hl7.org/fhir/us/davinci-crd/CodeSystem/coverage-information-codes"
+CRD_COVERAGE_DETAIL = "http://terminology.hl7.org/CodeSystem/crd-coverage-detail"  # CRDCoverageDetailCodesNew
 CARD_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/cdshooks-card-type"
+# Every code of CARD_TYPE_SYSTEM (THO 1.0.0, the 15 concepts of CRD's cardType ValueSet).
+CARD_TYPES = frozenset({
+    "coverage-info", "unsolicited-determ", "claim", "insurance", "limits", "network", "appropriate-use", "cost",
+    "therapy-alternatives-opt", "therapy-alternatives-req", "clinical-reminder", "duplicate-therapy",
+    "contraindication", "guideline", "off-guideline",
+})
+
+# ICD-10-CM chapter 2, Neoplasms (C00-D49): a diagnosis that puts a cell-free DNA test in a cancer context.
+NEOPLASM_CATEGORY_PREFIXES = ("C", "D0", "D1", "D2", "D3", "D4")
 
 # FHIR Clinical Reasoning maps a PlanDefinition action's priority to a CDS Hooks card indicator.
 INDICATOR_BY_PRIORITY = {"routine": "info", "urgent": "warning", "asap": "warning", "stat": "critical"}

@@ -10,4 +10,4 @@ app = create_app()
 
 # gunicorn preloads the app in its master and forks workers: a worker must not reuse the master's
 # database connections, so each child starts with an empty pool.
-os.register_at_fork(after_in_child=lambda: app.extensions["cds_engine"].store.engine.dispose(close=False))
+os.register_at_fork(after_in_child=lambda: app.extensions["cds_pipeline"].store.engine.dispose(close=False))

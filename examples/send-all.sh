@@ -7,6 +7,6 @@ cd "$(dirname "$0")"
 for f in [0-9]*.json; do
   hook=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["hook"])' "$f")
   echo "== $f ($hook)"
-  curl -sS -X POST "$base/cds-services/liquid-biopsy-$hook" -H 'Content-Type: application/json' --data @"$f"
+  curl -sS -w " (HTTP %{http_code})" -X POST "$base/cds-services/liquid-biopsy-$hook" -H 'Content-Type: application/json' --data @"$f"
   echo
 done

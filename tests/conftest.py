@@ -15,12 +15,15 @@ from werkzeug.serving import make_server
 from cds_service import create_app
 from cds_service.knowledge import Knowledge, load_knowledge
 from tests import report
-from tests.cds_rules import CRD_EXT, assert_valid_response
+from tests.crd_conformance import CRD_EXT, assert_valid_response
 
 CPT = "http://www.ama-assn.org/go/cpt"
+SERVICE_BY_HOOK = {"order-sign": "liquid-biopsy-order-sign", "order-select": "liquid-biopsy-order-select",
+                   "order-dispatch": "liquid-biopsy-order-dispatch"}
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 SIGN = "liquid-biopsy-order-sign"
 SELECT = "liquid-biopsy-order-select"
+DISPATCH = "liquid-biopsy-order-dispatch"
 TODAY = "2026-11-25"
 
 
@@ -51,11 +54,15 @@ def service_request(code: str | None = "0530U", dos: str | None = "2025-03-03", 
     return res
 
 
-def coverage(cid: str = "cov-1", payor: str = "Capital Blue Cross", plan: str = "PPO Gold",
-             status: str = "active") -> dict[str, Any]:
-    return {"resourceType": "Coverage", "id": cid, "status": status, "beneficiary": {"reference": "Patient/p1"},
-            "payor": [{"display": payor}],
-            "class": [{"type": {"coding": [{"code": "plan"}]}, "value": plan, "name": plan}]}
+def coverage(cid: str = "cov-1", payor: str | None = "Capital Blue Cross", plan: str = "PPO Gold",
+             status: str = "active", **extra: Any) -> dict[str, Any]:
+    res: dict[str, Any] = {"resourceType": "Coverage", "id": cid, "status": status,
+                           "beneficiary": {"reference": "Patient/p1"},
+                           "class": [{"type": {"coding": [{"code": "plan"}]}, "value": plan, "name": plan}]}
+    if payor is not None:
+        res["payor"] = [{"display": payor}]
+    res.update(extra)
+    return res
 
 
 def bundle(*resources: dict[str, Any], type_: str | None = "searchset") -> dict[str, Any]:
@@ -72,7 +79,25 @@ def hook_request(*orders: dict[str, Any], hook: str = "order-sign", coverages: t
         "context": {"userId": "Practitioner/1", "patientId": "p1",
                     "draftOrders": bundle(*orders, type_="collection"), **context},
     }
-    pre = {"patient": {"resourceType": "Patient", "id": "p1"}}
+    pre: dict[str, Any] = {}
+    if coverages is not None:
+        pre["coverage"] = bundle(*coverages)
+    pre.update(prefetch or {})
+    body["prefetch"] = pre
+    return body
+
+
+def dispatch_request(*orders: dict[str, Any], coverages: tuple[dict[str, Any], ...] | None = (coverage(),),
+                     dispatched: tuple[str, ...] | None = None, prefetch: dict[str, Any] | None = None,
+                     **context: Any) -> dict[str, Any]:
+    """An order-dispatch call: the dispatched orders exist already (status active) and come by prefetch."""
+    refs = dispatched if dispatched is not None else tuple(f"ServiceRequest/{o['id']}" for o in orders)
+    body: dict[str, Any] = {
+        "hook": "order-dispatch", "hookInstance": str(uuid.uuid4()),
+        "context": {"patientId": "p1", "dispatchedOrders": list(refs), "performer": "Organization/lab-1",
+                    **context},
+    }
+    pre: dict[str, Any] = {"serviceRequests": bundle(*orders)} if orders else {}
     if coverages is not None:
         pre["coverage"] = bundle(*coverages)
     pre.update(prefetch or {})
@@ -113,19 +138,32 @@ class LiveService:
         self.http = requests.Session()
 
     @property
-    def engine(self) -> Any:
-        return self.app.extensions["cds_engine"]
+    def pipeline(self) -> Any:
+        return self.app.extensions["cds_pipeline"]
 
     def url(self, path: str) -> str:
         return self.base + path
 
-    def call(self, body: Any, service: str = SIGN, expect: int = 200) -> dict[str, Any]:
+    def call(self, body: Any, service: str | None = None, expect: int = 200) -> dict[str, Any]:
+        """POST a hook request; every 200 answer is checked against the CDS Hooks / CRD rules."""
+        service = service or SERVICE_BY_HOOK.get(body.get("hook") if isinstance(body, dict) else None, SIGN)
         resp = self.http.post(self.url(f"/cds-services/{service}"), json=body, timeout=10)
         assert resp.status_code == expect, resp.text
         data: dict[str, Any] = resp.json()
         if expect == 200:
-            assert_valid_response(data)
+            assert_valid_response(data, body)
         return data
+
+    def card_templates(self, hook_instance: str) -> list[str]:
+        """The card templates a call issued, as recorded (in the order they were sent)."""
+        from sqlalchemy import select
+
+        from cds_service.store import cards
+
+        with self.pipeline.store.engine.connect() as conn:
+            rows = conn.execute(select(cards.c.template, cards.c.uuid)
+                                .where(cards.c.hook_instance == hook_instance)).all()
+        return [r[0] for r in rows]
 
     def post_raw(self, path: str, data: bytes, content_type: str = "application/json") -> requests.Response:
         return self.http.post(self.url(path), data=data, headers={"Content-Type": content_type}, timeout=10)

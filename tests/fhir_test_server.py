@@ -9,6 +9,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 
 class FhirTestServer:
@@ -58,8 +59,13 @@ class FhirTestServer:
                             return
                         time.sleep(0.05)
                     return
+                found = owner.coverages
+                if "/ServiceRequest?" in self.path:  # ServiceRequest?_id=a,b: the stored orders with those ids
+                    ids = parse_qs(urlsplit(self.path).query).get("_id", [""])[0].split(",")
+                    found = [owner.resources[ref] for ref in (f"ServiceRequest/{i}" for i in ids)
+                             if ref in owner.resources]
                 bundle = {"resourceType": "Bundle", "type": "searchset",
-                          "entry": [{"resource": c} for c in owner.coverages]}
+                          "entry": [{"resource": c} for c in found]}
                 return self._send(200, json.dumps(bundle).encode())
 
             def do_PUT(self) -> None:

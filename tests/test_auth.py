@@ -77,7 +77,7 @@ def assert_rejected(service: LiveService, resp: Any, reason: str) -> None:
     assert resp.headers["WWW-Authenticate"].startswith("Bearer ")
     body = resp.json()
     assert body["resourceType"] == "OperationOutcome" and reason in body["issue"][0]["diagnostics"]
-    store = service.engine.store
+    store = service.pipeline.store
     assert store.count(hook_calls) == 0 and store.count(coverage_assertions) == 0
 
 
@@ -158,7 +158,7 @@ def test_replayed_jti(secured: LiveService) -> None:
     assert call(secured, once).status_code == 200
     replay = call(secured, once)
     assert replay.status_code == 401 and "replay" in replay.json()["issue"][0]["diagnostics"]
-    assert secured.engine.store.count(hook_calls) == 1
+    assert secured.pipeline.store.count(hook_calls) == 1
 
 
 def test_exp_out_of_range(secured: LiveService) -> None:
@@ -183,7 +183,7 @@ def test_missing_jti(secured: LiveService) -> None:
 def test_valid_tokens_are_accepted(secured: LiveService, key: Any, alg: str, kid: str) -> None:
     resp = call(secured, token(secured, key=key, alg=alg, kid=kid))
     assert resp.status_code == 200 and resp.json()["cards"]
-    assert secured.engine.store.count(hook_calls) == 1
+    assert secured.pipeline.store.count(hook_calls) == 1
 
 
 def test_key_from_an_allowed_jku(secured: LiveService, jwks_server: FhirTestServer) -> None:
@@ -222,7 +222,7 @@ def test_feedback_needs_a_token_for_its_own_url(secured: LiveService) -> None:
     assert secured.http.post(secured.url(path), json=fb, headers=wrong_aud, timeout=5).status_code == 401
     ok = {"Authorization": f"Bearer {token(secured, path)}"}
     assert secured.http.post(secured.url(path), json=fb, headers=ok, timeout=5).status_code == 200
-    assert secured.engine.store.count(feedback) == 1
+    assert secured.pipeline.store.count(feedback) == 1
 
 
 def test_discovery_and_preflight_need_no_token(secured: LiveService) -> None:

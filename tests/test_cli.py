@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cds_rules import assert_valid_response
 from tests.conftest import hook_request, service_request
+from tests.crd_conformance import assert_valid_response
 from tests.fhir_test_server import FhirTestServer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,218 +1,219 @@
-"""Fast unit tests of the pure decision core: every rule and every dated fact, at its boundaries."""
+"""Fast unit tests of the pure decision core: phrase matching, recognition, who the member is,
+date windows, and the verdict value (every verdict checked against CRD 2.2.1's own invariants)."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
+from itertools import product
+from typing import Any
 
 import pytest
 
+from cds_service.coverage_information import Code, CoverageInformation, Covered, InfoNeeded, Reason, held_assertion
 from cds_service.decision import (
+    Context,
     CoverageFacts,
-    CoverageStatus,
-    Covered,
-    Order,
-    Outcome,
-    PlanCoverage,
-    applies,
+    CoverageProblem,
+    CoverageRecord,
+    CoverageSource,
+    PayerKind,
+    Recognised,
     decide,
+    identify,
+    judge,
+    select,
 )
+from cds_service.decision.recognise import recognise
+from cds_service.intake import ConditionIndex, OrderSource, date_window, day_range, to_order
 from cds_service.knowledge import Knowledge
+from cds_service.knowledge.lexicon import Phrases, normalise
+from tests.conftest import CPT, ICD, service_request
+from tests.crd_conformance import coverage_information_problems
 
-TODAY = date(2026, 11, 25)
-COMMERCIAL = PlanCoverage("Coverage/c1", ("PPO Gold", "Capital Blue Cross"))
-FEP = PlanCoverage("Coverage/fep", ("FEP Blue Standard",))
-FOUND = CoverageFacts(CoverageStatus.FOUND, (COMMERCIAL,))
-
-
-def order(code: str | None, day: date, icd: tuple[str, ...] = (), purposes: tuple[str, ...] = (),
-          text: str = "", rid: str = "sr-1") -> Order:
-    return Order(f"ServiceRequest/{rid}", (code,) if code else (), text.lower(), day, "test",
-                 frozenset(icd), frozenset(purposes), {"resourceType": "ServiceRequest", "id": rid})
+TODAY = date(2026, 12, 3)
+CTX = Context(TODAY, "https://cds.example.org")
 
 
-def outcome(knowledge: Knowledge, o: Order, cov: CoverageFacts = FOUND, **kw: object) -> Outcome:
-    d = decide([o], cov, knowledge, TODAY, **kw)  # type: ignore[arg-type]
-    return d.orders[0].outcome if d.orders else Outcome.NOT_APPLICABLE
+def order(knowledge: Knowledge, resource: dict[str, Any], today: date = TODAY) -> Any:
+    return to_order(OrderSource(resource, "test", True), knowledge, today, ConditionIndex([]))
 
 
-D = date.fromisoformat
-# Written by hand from the policy's history (section IX): (code, first day on the list, first day off it).
-HISTORY = [
-    ("0091U", None, None),
-    ("0337U", D("2022-10-01"), None),
-    ("0338U", D("2022-10-01"), None),
-    ("0368U", D("2023-04-01"), None),
-    ("0453U", D("2024-07-01"), None),
-    ("0491U", D("2024-10-01"), None),
-    ("0492U", D("2024-10-01"), None),
-    ("0530U", D("2025-01-01"), None),
-    ("81277", None, D("2023-10-06")),
-    ("86152", None, D("2025-08-05")),
-    ("86153", None, D("2025-08-05")),
-]
-RETIRED = D("2026-07-01")
+def text_order(text: str, **extra: Any) -> dict[str, Any]:
+    resource = service_request(None, **extra)
+    resource["code"] = {"text": text}
+    return resource
 
 
-def boundary_cases() -> list[tuple[str, date, bool]]:
-    cases = []
-    for code, joined, removed in HISTORY:
-        if joined:
-            cases += [(code, joined - timedelta(days=1), False), (code, joined, True),
-                      (code, joined + timedelta(days=1), True)]
-        if removed:
-            cases += [(code, removed - timedelta(days=1), True), (code, removed, False),
-                      (code, removed + timedelta(days=1), False)]
-        if not removed:  # still listed when the policy retired
-            cases += [(code, RETIRED - timedelta(days=1), True), (code, RETIRED, False)]
-    cases.append(("0091U", D("2020-03-16"), True))  # on the list from before the 2020-03-17 review
-    cases.append(("0091U", D("2020-03-17"), True))
-    return cases
+def record(ref: str = "Coverage/c", payor: str = "Capital Blue Cross", plan: str = "PPO", **kw: Any) -> CoverageRecord:
+    base: dict[str, Any] = {"status": "active", "order": None, "start": None, "end": None, "payor_identifiers": (),
+                            "payor_names": (payor,) if payor else (), "plan_names": (plan,), "plan_values": (plan,)}
+    base.update(kw)
+    return CoverageRecord(ref, **base)
 
 
-@pytest.mark.parametrize(("code", "day", "listed"), boundary_cases(),
-                         ids=lambda v: v.isoformat() if isinstance(v, date) else str(v))
-def test_code_list_at_every_dated_change(knowledge: Knowledge, code: str, day: date, listed: bool) -> None:
-    got = outcome(knowledge, order(code, day))
-    assert (got is Outcome.INVESTIGATIONAL) is listed
+# ---------------------------------------------------------------- phrases
 
 
-@pytest.mark.parametrize("o", [
-    *(order(code, day) for code, day, _ in boundary_cases()),
-    order("85025", D("2025-03-03")), order(None, D("2025-03-03"), text="Guardant360 ctDNA panel"),
-    order(None, D("2026-08-01"), text="Guardant360 ctDNA panel"), order("0239U", D("2025-03-03"), icd=("C34",)),
-    order("0239U", D("2025-03-03")), order("0530U", D("2026-08-01"), icd=("C34",)),
-], ids=str)
-@pytest.mark.parametrize("cov", [FOUND, CoverageFacts(CoverageStatus.FOUND, (FEP,)),
-                                 CoverageFacts(CoverageStatus.NONE)], ids=["commercial", "fep", "none"])
-def test_applies_says_before_coverage_whether_the_decision_will_judge_the_order(
-        knowledge: Knowledge, o: Order, cov: CoverageFacts) -> None:
-    # The pipeline validates in full, and fetches coverage for, exactly the orders applies() picks.
-    assert applies(o, knowledge) == bool(decide([o], cov, knowledge, TODAY).orders)
+@pytest.mark.parametrize("text", ["Circulating Tumor Cells", "circulating-tumour cell", "CIRCULATING  TUMOR\tCELLS",
+                                  "circulating tumor cells, blood"])
+def test_phrases_survive_case_hyphens_spacing_and_plurals(text: str) -> None:
+    phrases = Phrases.of(["circulating tumor cell", "circulating tumour cell"])
+    assert phrases.find(normalise(text)) is not None
 
 
-def test_investigational_asserts_not_covered_per_coverage(knowledge: Knowledge) -> None:
-    second = PlanCoverage("Coverage/c2", ("HMO",))
-    d = decide([order("0530U", D("2025-03-01"))], CoverageFacts(CoverageStatus.FOUND, (COMMERCIAL, second)),
-               knowledge, TODAY)
-    [od] = d.orders
-    assert od.outcome is Outcome.INVESTIGATIONAL and od.code == "0530U"
-    assert [(a.coverage, a.covered, a.pa_needed) for a in od.assertions] == [
-        ("Coverage/c1", Covered.NOT_COVERED, None), ("Coverage/c2", Covered.NOT_COVERED, None)]
+def test_phrases_join_letters_and_digits_and_prefer_the_longest() -> None:
+    phrases = Phrases.of(["Guardant360", "Guardant360 CDx", "ct DNA"])
+    assert phrases.find(normalise("Guardant 360 CDx panel")) == "Guardant360 CDx"
+    assert phrases.find(normalise("guardant360")) == "Guardant360"
+    assert phrases.find(normalise("ctDNA")) == "ct DNA" and phrases.find(normalise("ct-DNA")) == "ct DNA"
+    assert phrases.find(normalise("octdna")) is None  # whole words only
 
 
-@pytest.mark.parametrize("day", [D("2026-07-01"), D("2026-07-02"), TODAY])
-def test_retired_policy_gives_conditional_assertion(knowledge: Knowledge, day: date) -> None:
-    [od] = decide([order("0530U", day)], FOUND, knowledge, TODAY).orders
-    assert od.outcome is Outcome.RETIRED
-    assert [(a.covered, a.pa_needed, a.reason) for a in od.assertions] == [
-        (Covered.CONDITIONAL, "conditional", "policy-retired-delegated")]
+# ---------------------------------------------------------------- recognition
 
 
-def test_day_before_retirement_is_still_investigational(knowledge: Knowledge) -> None:
-    assert outcome(knowledge, order("0530U", D("2026-06-30"))) is Outcome.INVESTIGATIONAL
-
-
-def test_removed_code_is_not_investigational_but_gets_the_retirement_notice(knowledge: Knowledge) -> None:
-    # 81277 left the list in 2023: no verdict from the list afterwards, but it is still a
-    # liquid-biopsy code, so after the retirement the clinician is told where such tests are reviewed.
-    assert outcome(knowledge, order("81277", D("2024-01-01"))) is Outcome.NOT_APPLICABLE
-    assert outcome(knowledge, order("81277", D("2026-08-01"))) is Outcome.RETIRED
-
-
-def test_fep_only_coverage_means_policy_does_not_apply(knowledge: Knowledge) -> None:
-    d = decide([order("0530U", D("2025-03-01"))], CoverageFacts(CoverageStatus.FOUND, (FEP,)), knowledge, TODAY)
-    [od] = d.orders
-    assert od.outcome is Outcome.PRODUCT_VARIATION
-    assert od.assertions == () and od.own_manual_coverages == (FEP,)
-
-
-@pytest.mark.parametrize("descriptor", ["FEP Blue Basic", "federal employee program", "Plan (fep)"])
-def test_fep_matcher_is_case_insensitive_on_words(knowledge: Knowledge, descriptor: str) -> None:
-    cov = CoverageFacts(CoverageStatus.FOUND, (PlanCoverage("Coverage/x", (descriptor,)),))
-    assert outcome(knowledge, order("0530U", D("2025-03-01")), cov) is Outcome.PRODUCT_VARIATION
-
-
-def test_fep_matcher_needs_whole_words(knowledge: Knowledge) -> None:
-    cov = CoverageFacts(CoverageStatus.FOUND, (PlanCoverage("Coverage/x", ("PREFEPARED plan",)),))
-    assert outcome(knowledge, order("0530U", D("2025-03-01")), cov) is Outcome.INVESTIGATIONAL
-
-
-def test_fep_keywords_are_configurable(knowledge: Knowledge) -> None:
-    cov = CoverageFacts(CoverageStatus.FOUND, (PlanCoverage("Coverage/x", ("Federal Blue",)),))
-    got = outcome(knowledge, order("0530U", D("2025-03-01")), cov, plan_keywords=("federal blue",))
-    assert got is Outcome.PRODUCT_VARIATION
-
-
-def test_mixed_fep_and_commercial_asserts_only_for_commercial(knowledge: Knowledge) -> None:
-    [od] = decide([order("0530U", D("2025-03-01"))], CoverageFacts(CoverageStatus.FOUND, (COMMERCIAL, FEP)),
-                  knowledge, TODAY).orders
-    assert od.outcome is Outcome.INVESTIGATIONAL
-    assert [a.coverage for a in od.assertions] == ["Coverage/c1"] and od.own_manual_coverages == (FEP,)
-
-
-@pytest.mark.parametrize(("icd", "policy", "basis"), [
-    (("C34",), "2.241", "policy-text"),
-    (("C43",), "2.364", "policy-text"),
-    (("C71",), "2.364", "inference"),
-    (("C61",), "2.280", "inference"),
-    (("C18", "C78"), "2.316", "policy-text"),
-    (("C20", "C77"), "2.316", "policy-text"),
+@pytest.mark.parametrize(("resource", "kind", "code"), [
+    (service_request("0530U", system="urn:oid:2.16.840.1.113883.6.12"), Recognised.LIQUID_BIOPSY, "0530U"),
+    (service_request("0530U", system="https://bluebutton.cms.gov/resources/codesystem/hcpcs"),
+     Recognised.LIQUID_BIOPSY, "0530U"),
+    (service_request("0242U", system="http://snomed.info/sct"), Recognised.NONE, ""),  # not a CPT code there
+    (text_order("Send out 0239U"), Recognised.LIQUID_BIOPSY, "0239U"),
+    (text_order("Panel 12345"), Recognised.NONE, ""),  # unknown numbers are not codes
+    (text_order("Signatera MRD"), Recognised.LIQUID_BIOPSY, "0340U"),
+    (text_order("LiquidHALLMARK"), Recognised.LIQUID_BIOPSY, "0530U"),  # its listed code
+    (service_request("81420"), Recognised.NOT_THIS_POLICY, "81420"),
+    (text_order("Karius Test"), Recognised.NOT_THIS_POLICY, "0152U"),
+    (text_order("cfDNA"), Recognised.NONE, ""),
+    (text_order("cfDNA", reasonCode=[{"coding": [{"system": ICD, "code": "C61"}]}]),
+     Recognised.LIQUID_BIOPSY, ""),
+    (text_order("cfDNA tumor panel, donor-derived"), Recognised.NOT_THIS_POLICY, ""),
+    (text_order("liquid biopsy, transplant patient"), Recognised.LIQUID_BIOPSY, ""),
 ])
-def test_unlisted_liquid_biopsy_routed_by_diagnosis(knowledge: Knowledge, icd: tuple[str, ...], policy: str,
-                                                    basis: str) -> None:
-    [od] = decide([order("0239U", D("2025-03-01"), icd=icd)], FOUND, knowledge, TODAY).orders
-    assert od.outcome is Outcome.OTHER_POLICY and od.assertions == ()
-    assert [(r.policy, r.basis) for r in od.routes] == [(policy, basis)]
+def test_recognition(knowledge: Knowledge, resource: dict[str, Any], kind: Recognised, code: str) -> None:
+    found = recognise(order(knowledge, resource), knowledge)
+    assert (found.kind, found.code) == (kind, code)
 
 
-def test_colorectal_without_secondary_neoplasm_is_not_metastatic(knowledge: Knowledge) -> None:
-    assert outcome(knowledge, order("0239U", D("2025-03-01"), icd=("C18",))) is Outcome.NOT_APPLICABLE
+# ---------------------------------------------------------------- who the member is
 
 
-def test_secondary_neoplasm_may_come_from_the_patient_record(knowledge: Knowledge) -> None:
-    d = decide([order("0239U", D("2025-03-01"), icd=("C18",))], FOUND, knowledge, TODAY,
-               patient_categories=frozenset({"C78"}))
-    assert [r.policy for r in d.orders[0].routes] == ["2.316"]
-
-
-@pytest.mark.parametrize(("purpose", "policy", "icd"), [
-    ("comprehensive-genomic-profiling", "2.259", ()),
-    ("prostate-cancer-detection-risk", "2.280", ()),
-    ("ar-v7-ctc-metastatic-prostate", "2.280", ()),
-    ("ctdna-relapse-prediction", "2.315", ("C18",)),
-    ("immune-checkpoint-inhibitor-selection", None, ()),
+@pytest.mark.parametrize(("rec", "kind"), [
+    (record(payor="Capital Blue Cross"), PayerKind.SERVED),
+    (record(payor="capital bluecross"), PayerKind.SERVED),
+    (record(payor="Capital Advantage Assurance Co"), PayerKind.SERVED),
+    (record(payor="Capital District Physicians Health Plan"), PayerKind.OTHER),
+    (record(payor="CBC"), PayerKind.SERVED),
+    (record(payor="CBC Partners"), PayerKind.OTHER),
+    (record(payor="", payor_identifiers=(("urn:oid:2.16.840.1.113883.6.300", "95199"),)), PayerKind.SERVED),
+    (record(payor="", payor_identifiers=(("urn:oid:2.16.840.1.113883.6.300", "99999"),)), PayerKind.OTHER),
+    (record(payor=""), PayerKind.UNKNOWN),
+    (record(plan="FEP Blue Focus"), PayerKind.VARIATION),
+    (record(payor="BCBS FEP", plan="Basic"), PayerKind.VARIATION),
+    (record(plan="112"), PayerKind.VARIATION),  # an FEP enrollment code on a Capital Coverage
+    (record(payor="Highmark", plan="112"), PayerKind.OTHER),
+    (record(payor="Prefepare Health", plan="PPO"), PayerKind.OTHER),  # 'FEP' only as a whole word
 ])
-def test_unlisted_liquid_biopsy_routed_by_purpose(knowledge: Knowledge, purpose: str, policy: str | None,
-                                                  icd: tuple[str, ...]) -> None:
-    [od] = decide([order("0239U", D("2025-03-01"), icd=icd, purposes=(purpose,))], FOUND, knowledge, TODAY).orders
-    assert od.outcome is Outcome.OTHER_POLICY
-    assert policy in [r.policy for r in od.routes]
+def test_identify(knowledge: Knowledge, rec: CoverageRecord, kind: PayerKind) -> None:
+    assert identify(rec, knowledge).payer is kind
 
 
-def test_listed_code_with_routed_use_stays_investigational_and_carries_route(knowledge: Knowledge) -> None:
-    [od] = decide([order("0530U", D("2025-03-01"), icd=("C34",))], FOUND, knowledge, TODAY).orders
-    assert od.outcome is Outcome.INVESTIGATIONAL
-    assert [r.policy for r in od.routes] == ["2.241"]
+def test_select_prefers_the_primary_coverage(knowledge: Knowledge) -> None:
+    def both(first: int, second: int) -> CoverageFacts:
+        return CoverageFacts(CoverageSource.PROVIDED, (record("Coverage/a", order=first),
+                                                       record("Coverage/b", "Aetna", order=second)))
+    assert select(both(2, 1), knowledge).problem is CoverageProblem.OTHER_PAYER
+    facts = both(1, 2)
+    assert [c.reference for c in select(facts, knowledge).coverages] == ["Coverage/a"]
+    inactive = CoverageFacts(CoverageSource.PROVIDED, (record("Coverage/x", status="cancelled"),))
+    assert [c.reference for c in select(inactive, knowledge).coverages] == ["Coverage/x"]
+    wrong = CoverageFacts(CoverageSource.PROVIDED, (record("Coverage/x", status="entered-in-error"),))
+    assert select(wrong, knowledge).problem is CoverageProblem.NONE_ACCESSIBLE
 
 
-def test_liquid_biopsy_recognised_by_text(knowledge: Knowledge) -> None:
-    o = order(None, D("2025-03-01"), icd=("C34",), text="Circulating tumor DNA panel, plasma")
-    assert outcome(knowledge, o) is Outcome.OTHER_POLICY
+# ---------------------------------------------------------------- dates
 
 
-def test_unrelated_orders_get_nothing(knowledge: Knowledge) -> None:
-    d = decide([order("85025", D("2025-03-01"), icd=("C34",), text="CBC with differential")], FOUND,
-               knowledge, TODAY)
-    assert d.orders == ()
+@pytest.mark.parametrize(("value", "first", "last"), [
+    ("2025", date(2025, 1, 1), date(2025, 12, 31)),
+    ("2024-02", date(2024, 2, 1), date(2024, 2, 29)),
+    ("2025-03-03T23:30:00-05:00", date(2025, 3, 3), date(2025, 3, 3)),
+])
+def test_day_range_of_partial_dates_and_times(value: str, first: date, last: date) -> None:
+    assert day_range(value) == (first, last)
 
 
-def test_no_active_coverage_keeps_policy_outcome_without_assertions(knowledge: Knowledge) -> None:
-    d = decide([order("0530U", D("2025-03-01"))], CoverageFacts(CoverageStatus.NONE), knowledge, TODAY)
-    assert d.orders[0].outcome is Outcome.INVESTIGATIONAL and d.orders[0].assertions == ()
-    assert d.no_active_coverage
+def test_date_window_is_open_when_the_order_gives_no_date() -> None:
+    window = date_window({"authoredOn": "2025-01-01"}, TODAY)
+    assert (window.start, window.end, window.stated) == (TODAY, None, False)
+    by = date_window({"occurrencePeriod": {"end": "2027-01-31"}}, TODAY)
+    assert (by.start, by.end) == (TODAY, date(2027, 1, 31))
 
 
-def test_unavailable_coverage_keeps_policy_outcome_without_assertions(knowledge: Knowledge) -> None:
-    d = decide([order("0530U", D("2025-03-01"))], CoverageFacts(CoverageStatus.UNAVAILABLE), knowledge, TODAY)
-    assert d.orders[0].outcome is Outcome.INVESTIGATIONAL and d.orders[0].assertions == ()
-    assert not d.no_active_coverage
+# ---------------------------------------------------------------- verdicts
+
+
+DAYS = [date(2019, 1, 1), date(2022, 9, 30), date(2022, 10, 1), date(2024, 12, 31), date(2025, 1, 1),
+        date(2025, 8, 4), date(2025, 8, 5), date(2026, 6, 30), date(2026, 7, 1), None]
+CODES = ["0091U", "0337U", "0368U", "0530U", "86152", "0239U", "0340U", "0537U"]
+COVERAGES = [record(), record(plan="FEP Blue Standard"), record(end=date(2025, 3, 31)),
+             record(status="cancelled"), record(start=date(2025, 6, 1)), record(problem="period is not a Period")]
+
+
+@pytest.mark.parametrize(("code", "day"), list(product(CODES, DAYS)))
+def test_every_verdict_keeps_crd_invariants_and_its_reason_decides_its_values(knowledge: Knowledge, code: str,
+                                                                              day: date | None) -> None:
+    resource = service_request(code, day.isoformat() if day else None)
+    judged = judge(order(knowledge, resource), knowledge)
+    if judged is None:
+        return  # e.g. a removed code between its removal and the retirement
+    selection = select(CoverageFacts(CoverageSource.PROVIDED, tuple(
+        CoverageRecord(f"Coverage/c{i}", **{k: getattr(r, k) for k in r.__dataclass_fields__ if k != "reference"})
+        for i, r in enumerate(COVERAGES))), knowledge)
+    decision = decide([judged], selection, knowledge, CTX)
+    [j] = decision.judgements
+    # every Coverage but the cancelled one (active ones are there): a verdict each
+    assert [v.coverage.reference for v in j.verdicts] == [f"Coverage/c{i}" for i in (0, 1, 2, 4, 5)]
+    for v in j.verdicts:
+        ext = v.information.issued("id-1", TODAY).to_fhir()
+        assert coverage_information_problems(ext) == [], (code, day, v.reason)
+        spec = knowledge.reasons[v.reason]
+        assert v.information.covered is spec.covered
+        assert set(spec.info_needed) <= set(v.information.info_needed)
+        if v.reason in ("investigational-code-list", "investigational-policy-statement"):
+            assert v.information.expiry_date is not None and v.information.expiry_date >= j.order.window.start
+
+
+def test_unlisted_test_is_judged_under_the_statement_with_its_own_reason(knowledge: Knowledge) -> None:
+    j = judge(order(knowledge, service_request("0537U", "2025-03-03")), knowledge)
+    assert j is not None and j.policy_reason == "investigational-policy-statement"
+
+
+def test_stated_purpose_outranks_the_test_and_the_diagnosis(knowledge: Knowledge, purpose_system: str) -> None:
+    resource = service_request("0239U", "2025-03-03", icd=("C50.9",), purposes=("ctdna-treatment-response-monitoring",),
+                               purpose_system=purpose_system)
+    j = judge(order(knowledge, resource), knowledge)
+    assert j is not None and j.use.basis == "stated" and j.routes == ()
+    assert j.policy_reason == "investigational-policy-statement"
+
+
+def test_orders_that_will_not_be_performed_are_not_judged(knowledge: Knowledge) -> None:
+    for extra in ({"status": "revoked"}, {"status": "completed"}, {"doNotPerform": True}, {"intent": "option"}):
+        assert judge(order(knowledge, service_request("0530U", "2025-03-03", **extra)), knowledge) is None, extra
+
+
+# ---------------------------------------------------------------- the verdict value
+
+
+def test_coverage_information_round_trips_what_an_order_carries() -> None:
+    info = CoverageInformation("Coverage/1", Covered.CONDITIONAL, date(2026, 1, 2), "a-1",
+                               info_needed=(InfoNeeded.OTH,), reasons=(Reason(Code("s", "c"), "why"),))
+    ext = info.to_fhir()
+    assert held_assertion(ext) == ("Coverage/1", "a-1", info.verdict_json())
+    assert info.fingerprint == info.issued("other", date(2027, 1, 1)).fingerprint  # id and date are not the verdict
+    changed = CoverageInformation("Coverage/1", Covered.NOT_COVERED, date(2026, 1, 2), "a-1")
+    assert changed.fingerprint != info.fingerprint
+    assert held_assertion({"url": ext["url"], "extension": [{"url": "covered", "valueCode": "covered"}]}) is None
+
+
+def test_icd10_system_matches_the_tests(knowledge: Knowledge) -> None:
+    assert knowledge.icd10_system == ICD and knowledge.code_system_cpt == CPT

@@ -7,20 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SELECT, SIGN, LiveService
+from tests.conftest import LiveService, coverage_info
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-EXPECTED = {  # file -> (indicators of the cards in order, whether coverage-information is sent)
-    "01-investigational-listed-code": (["warning"], True),
-    "02-retired-policy": (["info"], True),
-    "03-fep-member": (["info"], False),
-    "04-other-policy-nsclc": (["info"], False),
-    "05-listed-code-routed-use": (["warning"], True),
-    "06-no-active-coverage": (["warning", "info"], False),
-    "07-coverage-unavailable": (["warning"], False),
-    "08-unrelated-order": ([], False),
-    "09-order-select": (["warning"], True),
-    "10-code-before-it-joined": ([], False),
+EXPECTED = {  # file -> (HTTP status, indicators of the cards in order, covered values of the verdicts)
+    "01-investigational-listed-code": (200, ["warning", "info"], ["not-covered"]),
+    "02-retired-policy": (200, ["info"], ["conditional"]),
+    "03-fep-member": (200, ["info"], ["conditional"]),
+    "04-other-policy-nsclc": (200, ["info"], ["conditional"]),
+    "05-listed-code-routed-use": (200, ["warning", "info"], ["not-covered"]),
+    "06-coverage-not-in-force": (200, ["info"], ["not-covered"]),
+    "07-other-payer": (400, [], []),
+    "08-unrelated-order": (200, [], []),
+    "09-order-select": (200, ["warning", "info"], ["not-covered"]),
+    "10-unlisted-test-reviewed-use": (200, ["warning", "info"], ["not-covered"]),
+    "11-order-dispatch": (200, ["warning"], ["not-covered"]),
+    "12-prenatal-cell-free-dna": (200, [], []),
+    "13-undated-order": (200, ["info"], ["conditional"]),
 }
 
 
@@ -31,7 +34,10 @@ def test_every_example_is_listed() -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_example(cds: LiveService, name: str) -> None:
     body = json.loads((EXAMPLES / f"{name}.json").read_text())
-    response = cds.call(body, service=SELECT if body["hook"] == "order-select" else SIGN)
-    indicators, coverage_info = EXPECTED[name]
+    status, indicators, covered = EXPECTED[name]
+    response = cds.call(body, expect=status)
+    if status != 200:
+        assert response["resourceType"] == "OperationOutcome"
+        return
     assert [c["indicator"] for c in response["cards"]] == indicators
-    assert ("systemActions" in response) is coverage_info
+    assert [i["covered"]["valueCode"] for i in coverage_info(response)] == covered

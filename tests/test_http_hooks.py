@@ -1,234 +1,270 @@
-"""The CDS Hooks interface over real HTTP: every decision rule and every bad request.
-
-Every 200 hook response is checked against the CDS Hooks rules in tests/cds_rules.py.
+"""The CDS Hooks interface over real HTTP: discovery, verdicts and cards as CRD 2.2.1 shapes them,
+stable assertions, retries, the hook-13 coverage check and its sandbox mode, order-dispatch,
+configuration, and every bad request. The policy's rules themselves are in the case corpus
+(test_corpus.py). Every 200 hook response passes tests/crd_conformance.py (LiveService.call).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from cds_service.store import coverage_assertions, feedback, hook_calls
+from cds_service.store import cards, coverage_assertions, feedback, hook_calls
 from tests.conftest import (
     CPT,
-    ICD,
+    DISPATCH,
     SELECT,
     SIGN,
     LiveService,
+    assertion_ids,
     bundle,
     coverage,
     coverage_info,
+    dispatch_request,
     hook_request,
     service_request,
 )
+from tests.crd_conformance import CARD_TYPES, CRD_EXT, card_kind, discovery_problems
 
 # ---------------------------------------------------------------- discovery
 
 
-def test_discovery_lists_both_hooks_with_prefetch_and_crd_options(cds: LiveService) -> None:
+def test_discovery_declares_three_services_the_crd_version_and_card_type_options(cds: LiveService) -> None:
     resp = requests.get(cds.url("/cds-services"), timeout=5)
     assert resp.status_code == 200
-    services = {s["id"]: s for s in resp.json()["services"]}
-    assert {s["hook"] for s in services.values()} == {"order-sign", "order-select"}
+    body = resp.json()
+    assert discovery_problems(body) == []
+    services = {s["hook"]: s for s in body["services"]}
+    assert set(services) == {"order-sign", "order-select", "order-dispatch"}
     for s in services.values():
-        assert s["description"] and s["title"]
-        assert s["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+        assert s["extension"]["davinci-crd.version"] == ["2.2"]
         assert s["prefetch"]["coverage"] == "Coverage?patient={{context.patientId}}&status=active"
         codes = {o["code"] for o in s["extension"]["davinci-crd.configuration-options"]}
-        assert codes == {"coverage-info", "external-reference"}
+        assert codes == {"coverage-info", "guideline"} and codes <= CARD_TYPES
+    assert "{{context.dispatchedOrders" in services["order-dispatch"]["prefetch"]["serviceRequests"]
 
 
-# ---------------------------------------------------------------- rule 3: investigational
+# ---------------------------------------------------------------- the verdict and its cards
 
 
-def test_listed_code_gets_warning_card_and_not_covered_assertion(cds: LiveService) -> None:
+def test_listed_code_verdict_and_cards(cds: LiveService) -> None:
     body = cds.call(hook_request(service_request("0530U", "2025-03-03", rid="lb-1")))
-    [card] = body["cards"]
-    assert card["indicator"] == "warning"
-    assert "0530U" in card["summary"] and "investigational" in card["summary"] and "MP 2.267" in card["summary"]
-    assert "2025-03-03" in card["detail"] and "occurrenceDateTime" in card["detail"]
-    assert card["source"]["label"] == "Capital Blue Cross"
-    assert card["source"]["topic"]["code"] == "coverage-info"
-    assert card["links"][0]["label"].startswith("MP 2.267")
-    assert {o["code"] for o in card["overrideReasons"]} >= {"clinical-trial",
-                                                            "patient-accepts-financial-responsibility"}
-    [suggestion] = card["suggestions"]
+    warning, remove = body["cards"]
+    assert warning["indicator"] == "warning" and warning["source"]["topic"]["code"] == "coverage-info"
+    assert "0530U" in warning["summary"] and "investigational" in warning["summary"]
+    assert card_kind(warning) == "external-reference" and "suggestions" not in warning
+    assert warning["links"][0]["url"].endswith("/policies/mp-2-267")
+    assert all(r["display"] for r in warning["overrideReasons"])
+    [suggestion] = remove["suggestions"]
     assert suggestion["actions"] == [{"type": "delete", "description": suggestion["actions"][0]["description"],
-                                      "resourceId": ["ServiceRequest/lb-1"]}]
+                                      "resourceId": "ServiceRequest/lb-1"}]
+    assert "links" not in remove
     [info] = coverage_info(body)
     assert info["covered"]["valueCode"] == "not-covered" and "pa-needed" not in info
     assert info["coverage"]["valueReference"] == {"reference": "Coverage/cov-1"}
-    assert info["billingCode"]["valueCoding"]["code"] == "0530U"
-    assert info["date"]["valueDate"] == "2026-11-25"
-    assert "MP 2.267" in info["reason"]["valueCodeableConcept"]["text"]
-    assert body["systemActions"][0]["type"] == "update"
-    assert body["systemActions"][0]["resource"]["id"] == "lb-1"
+    assert info["billingCode"]["valueCoding"] == {"system": CPT, "code": "0530U"}
+    assert info["reason"]["valueCodeableConcept"]["coding"][0]["code"] == "investigational-code-list"
+    assert "0530U" in info["reason"]["valueCodeableConcept"]["text"]
+    detail = {e["url"]: e for e in info["detail"]["extension"]}
+    assert detail["category"]["valueCode"] == "cat-other"
+    assert detail["code"]["valueCodeableConcept"]["coding"][0]["code"] == "policy-link"
+    assert info["date"]["valueDate"] == "2026-11-25" and info["expiry-date"]["valueDate"] == "2026-06-30"
+    assert body["systemActions"][0]["type"] == "update" and body["systemActions"][0]["resource"]["id"] == "lb-1"
+    assert body["extension"]["systemActions"] == body["systemActions"]
 
 
-def test_codes_are_compared_ignoring_case_and_whitespace(cds: LiveService) -> None:
-    body = cds.call(hook_request(service_request(" 0530u ", "2025-03-03")))
-    assert body["cards"][0]["indicator"] == "warning" and "0530U" in body["cards"][0]["summary"]
+def test_public_base_url_makes_the_policy_links(service_factory: Any) -> None:
+    cds = service_factory(PUBLIC_BASE_URL="https://cds.example.org")
+    body = cds.call(hook_request(service_request("0530U", "2025-03-03")))
+    assert body["cards"][0]["links"][0]["url"] == "https://cds.example.org/policies/mp-2-267"
+    detail = {e["url"]: e for e in coverage_info(body)[0]["detail"]["extension"]}
+    assert detail["value"]["valueUrl"] == "https://cds.example.org/policies/mp-2-267"
 
 
-def test_hcpcs_system_is_accepted(cds: LiveService) -> None:
-    req = service_request("0530U", "2025-03-03", system="https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets")
-    assert cds.call(hook_request(req))["cards"][0]["indicator"] == "warning"
-
-
-def test_one_card_and_one_assertion_set_per_order_and_ids_unique(cds: LiveService) -> None:
-    orders = [service_request(c, "2025-03-03", rid=f"o{i}") for i, c in enumerate(("0530U", "0091U", "0453U"))]
-    body = cds.call(hook_request(*orders, coverages=(coverage("a"), coverage("b"))))
-    assert len(body["cards"]) == 3
-    infos = coverage_info(body)
-    assert len(infos) == 6
-    ids = [i["coverage-assertion-id"]["valueString"] for i in infos]
-    assert len(set(ids)) == 6
-
-
-@pytest.mark.parametrize(("field", "value", "basis"), [
-    ("occurrencePeriod", {"start": "2025-03-04", "end": "2025-03-10"}, "occurrencePeriod"),
-    ("occurrenceTiming", {"event": ["2025-03-05T09:00:00Z", "2025-04-05"]}, "occurrenceTiming"),
-    ("authoredOn", "2025-03-06T10:00:00-05:00", "authored"),
-])
-def test_date_of_service_sources(cds: LiveService, field: str, value: Any, basis: str) -> None:
-    body = cds.call(hook_request(service_request("0530U", None, **{field: value})))
-    assert body["cards"][0]["indicator"] == "warning"
-    assert basis in body["cards"][0]["detail"]
-
-
-def test_date_before_code_joined_is_not_investigational(cds: LiveService) -> None:
-    assert cds.call(hook_request(service_request("0530U", "2024-12-31")))["cards"] == []
-
-
-def test_date_on_removal_day_is_not_investigational(cds: LiveService) -> None:
-    assert cds.call(hook_request(service_request("86152", "2025-08-05")))["cards"] == []
-    assert cds.call(hook_request(service_request("86152", "2025-08-04")))["cards"][0]["indicator"] == "warning"
-
-
-# ---------------------------------------------------------------- rule 4: retired
-
-
-def test_retired_policy_info_card_and_conditional_assertion(cds: LiveService) -> None:
+def test_retired_verdict_says_what_information_is_needed(cds: LiveService) -> None:
     body = cds.call(hook_request(service_request("0530U", "2026-07-01")))
     [card] = body["cards"]
-    assert card["indicator"] == "info"
-    assert "retired" in card["summary"] and "2026-07-01" in card["summary"]
-    assert "EviCore" in card["detail"]
+    assert card["indicator"] == "info" and "retired" in card["summary"]
     assert any("evicore" in link["url"] for link in card["links"])
     [info] = coverage_info(body)
-    assert info["covered"]["valueCode"] == "conditional" and info["pa-needed"]["valueCode"] == "conditional"
-    assert "retired" in info["reason"]["valueCodeableConcept"]["text"]
+    assert info["covered"]["valueCode"] == "conditional" and "pa-needed" not in info
+    assert info["info-needed"]["valueCode"] == "OTH"
 
 
-def test_order_without_date_is_judged_today_hence_retired(cds: LiveService) -> None:
+def test_undated_order_is_not_given_a_date(cds: LiveService) -> None:
     body = cds.call(hook_request(service_request("0530U", None)))
-    assert "retired" in body["cards"][0]["summary"]
-    assert "today" in body["cards"][0]["detail"]
+    ext = body["systemActions"][0]["resource"]["extension"][0]["extension"]
+    assert sorted(e["valueCode"] for e in ext if e["url"] == "info-needed") == ["OTH", "timeframe"]
+    assert "not given" in body["cards"][0]["detail"]
 
 
-# ---------------------------------------------------------------- rule 5: FEP
+def test_each_coverage_gets_its_own_assertion(cds: LiveService) -> None:
+    orders = [service_request(c, "2025-03-03", rid=f"o{i}") for i, c in enumerate(("0530U", "0091U", "0453U"))]
+    body = cds.call(hook_request(*orders, coverages=(coverage("a"), coverage("b"))))
+    assert len(body["systemActions"]) == 3
+    ids = assertion_ids(body)
+    assert len(ids) == 6 and len(set(ids)) == 6
 
 
-def test_fep_member_gets_fep_card_and_no_assertion(cds: LiveService) -> None:
-    body = cds.call(hook_request(service_request("0530U", "2025-03-03"),
-                                 coverages=(coverage(plan="FEP Blue Standard"),)))
-    [card] = body["cards"]
-    assert card["indicator"] == "info" and "FEP" in card["summary"]
-    assert any(link["url"].startswith("https://www.fepblue.org/") for link in card["links"])
-    assert "systemActions" not in body
+def test_an_other_payers_coverage_information_on_the_order_is_kept(cds: LiveService) -> None:
+    theirs = {"url": CRD_EXT, "extension": [{"url": "coverage", "valueReference": {"reference": "Coverage/other"}},
+                                            {"url": "covered", "valueCode": "covered"},
+                                            {"url": "date", "valueDate": "2025-03-01"},
+                                            {"url": "coverage-assertion-id", "valueString": "theirs-1"}]}
+    order = service_request("0530U", "2025-03-03", extension=[theirs])
+    body = cds.call(hook_request(order))
+    extensions = body["systemActions"][0]["resource"]["extension"]
+    assert extensions[0] == theirs and len(extensions) == 2
 
 
-def test_fep_detected_from_payor_display(cds: LiveService) -> None:
-    body = cds.call(hook_request(service_request("0530U", "2025-03-03"),
-                                 coverages=(coverage(payor="Federal Employee Program", plan="Standard"),)))
-    assert "FEP" in body["cards"][0]["summary"] and "systemActions" not in body
+# ---------------------------------------------------------------- stable assertions and retries
 
 
-# ---------------------------------------------------------------- rule 6: other policies
+def test_unchanged_order_resent_with_our_verdict_keeps_it_and_gets_no_new_action(cds: LiveService) -> None:
+    first = cds.call(hook_request(service_request("0530U", "2025-03-03")))
+    updated = first["systemActions"][0]["resource"]
+    [assertion] = assertion_ids(first)
+
+    again = cds.call(hook_request(updated))  # the EHR applied our update and re-signs
+    assert again["systemActions"] == []  # CRD resp-35: nothing new
+    assert again["cards"][0]["indicator"] == "warning"  # the clinician still sees why
+
+    without = cds.call(hook_request(service_request("0530U", "2025-03-03")))  # it did not keep the extension
+    assert assertion_ids(without) == [assertion]  # the same assertion, re-sent
+    with cds.pipeline.store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(coverage_assertions)).scalar() == 1
+
+    changed = cds.call(hook_request(updated, coverages=(coverage(plan="FEP Blue Standard"),)))
+    [new] = assertion_ids(changed)
+    assert new != assertion  # a changed verdict is a new assertion
 
 
-def test_unlisted_liquid_biopsy_for_nsclc_routes_to_mp_2_241(cds: LiveService) -> None:
-    body = cds.call(hook_request(service_request("0239U", "2025-03-03", icd=("C34.90",))))
-    [card] = body["cards"]
-    assert card["indicator"] == "info" and "MP 2.241" in card["summary"]
-    assert card["links"][0]["label"].startswith("MP 2.241")
-    assert "own words" in card["detail"]
-    assert "systemActions" not in body
+def test_a_retry_of_the_same_hook_instance_gets_the_same_answer_and_is_stored_once(cds: LiveService) -> None:
+    request = hook_request(service_request("0530U", "2025-03-03"))
+    first = cds.call(request)
+    second = cds.call(copy.deepcopy(request))
+    assert second == first
+    with cds.pipeline.store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(hook_calls)).scalar() == 1
+        assert conn.execute(select(func.count()).select_from(cards)).scalar() == len(first["cards"])
 
 
-def test_inferred_route_says_so(cds: LiveService) -> None:
-    body = cds.call(hook_request(service_request("0239U", "2025-03-03", icd=("C61",))))
-    assert "MP 2.280" in body["cards"][0]["summary"] and "inference" in body["cards"][0]["detail"]
+def test_a_hook_instance_reused_for_another_request_is_409(cds: LiveService) -> None:
+    request = hook_request(service_request("0530U", "2025-03-03"))
+    cds.call(request)
+    other = copy.deepcopy(request)
+    other["context"]["draftOrders"]["entry"][0]["resource"]["occurrenceDateTime"] = "2025-04-04"
+    answer = cds.call(other, expect=409)
+    assert "hookInstance" in answer["issue"][0]["diagnostics"]
 
 
-def test_metastatic_colorectal_via_condition_reference(cds: LiveService) -> None:
-    order = service_request("0239U", "2025-03-03", reasonReference=[{"reference": "Condition/crc"},
-                                                                    {"reference": "Condition/mets"}])
-    conditions = bundle(
-        {"resourceType": "Condition", "id": "crc", "subject": {"reference": "Patient/p1"},
-         "code": {"coding": [{"system": ICD, "code": "C18.7"}]}},
-        {"resourceType": "Condition", "id": "mets", "subject": {"reference": "Patient/p1"},
-         "code": {"coding": [{"system": ICD, "code": "C78.7"}]}})
-    body = cds.call(hook_request(order, prefetch={"conditions": conditions}))
-    assert "MP 2.316" in body["cards"][0]["summary"]
+# ---------------------------------------------------------------- the coverage check (CRD hook-13) and sandbox mode
 
 
-def test_purpose_code_routes(cds: LiveService, purpose_system: str) -> None:
-    order = service_request("0239U", "2025-03-03", purposes=("comprehensive-genomic-profiling",),
-                            purpose_system=purpose_system)
-    assert "MP 2.259" in cds.call(hook_request(order))["cards"][0]["summary"]
+@pytest.mark.parametrize(("coverages", "prefetch", "message"), [
+    (None, {}, "no fhirServer"),
+    (None, {"coverage": None}, "No Coverage is accessible"),
+    ((coverage(payor="Aetna"),), None, "Aetna"),
+    ((coverage(payor=None),), None, "names no payer"),
+    ((coverage("cap", order=2), coverage("aet", payor="Aetna", order=1)), None, "Coverage/aet"),
+], ids=["not-provided", "none-found", "other-payer", "no-payer", "capital-is-secondary"])
+def test_a_coverage_this_endpoint_does_not_handle_is_400(cds: LiveService, coverages: Any, prefetch: Any,
+                                                         message: str) -> None:
+    body = hook_request(service_request("0530U", "2025-03-03"), coverages=coverages, prefetch=prefetch)
+    answer = cds.call(body, expect=400)
+    assert answer["resourceType"] == "OperationOutcome"
+    assert message in answer["issue"][0]["diagnostics"] and answer["issue"][0]["expression"] == ["prefetch.coverage"]
+    assert cds.pipeline.store.count(hook_calls) == 0
 
 
-def test_listed_code_for_routed_use_keeps_warning_and_adds_governing_link(cds: LiveService) -> None:
-    body = cds.call(hook_request(service_request("0530U", "2025-03-03", icd=("C43.9",))))
-    [card] = body["cards"]
-    assert card["indicator"] == "warning"
-    assert any(link["label"].startswith("MP 2.364") for link in card["links"])
-    assert coverage_info(body)[0]["covered"]["valueCode"] == "not-covered"
+def test_the_coverage_is_not_asked_for_when_no_order_is_judged(cds: LiveService) -> None:
+    body = cds.call(hook_request(service_request("85025", "2025-03-03"), coverages=None))
+    assert body == {"cards": [], "systemActions": []}
 
 
-def test_recognised_by_text_only(cds: LiveService) -> None:
-    order = service_request(None, "2025-03-03", icd=("C34.1",))
-    order["code"] = {"text": "Liquid biopsy (ctDNA) panel", "coding": [{"display": "ctDNA NGS"}]}
-    assert "MP 2.241" in cds.call(hook_request(order))["cards"][0]["summary"]
+def test_sandbox_mode_serves_clients_without_a_coverage(service_factory: Any) -> None:
+    sandbox = service_factory(MODE="sandbox")
+    order = {"resourceType": "ServiceRequest", "id": "demo", "status": "draft", "intent": "plan",
+             "subject": {"reference": "Patient/p1"}, "code": {"coding": [{"system": CPT, "code": "0530U"}]}}
+    body = hook_request(order, coverages=None, selections=["ServiceRequest/demo"])
+    answer = sandbox.call(body)
+    assert [c["indicator"] for c in answer["cards"]] == ["info", "info"]
+    assert "retired" in answer["cards"][0]["summary"] and "systemActions" in answer
+    assert answer["systemActions"] == []
+    other = sandbox.call(hook_request(service_request("0530U", "2025-03-03"), coverages=(coverage(payor="Aetna"),)))
+    assert other["cards"] == []  # another payer's member: nothing to say
 
 
-# ---------------------------------------------------------------- rule 7: coverage
+def test_mode_setting_is_checked(service_factory: Any) -> None:
+    with pytest.raises(ValueError, match="MODE"):
+        service_factory(MODE="lenient")
 
 
-def test_no_active_coverage_card(cds: LiveService) -> None:
-    body = cds.call(hook_request(service_request("0530U", "2025-03-03"),
-                                 coverages=(coverage(status="cancelled"),)))
-    assert [c["indicator"] for c in body["cards"]] == ["warning", "info"]
-    assert "No active" in body["cards"][1]["summary"]
-    assert "systemActions" not in body
+# ---------------------------------------------------------------- hooks
 
 
-def test_null_coverage_prefetch_means_none_found(cds: LiveService) -> None:
-    body = cds.call(hook_request(service_request("0530U", "2025-03-03"), coverages=None,
-                                 prefetch={"coverage": None}))
-    assert "No active" in body["cards"][-1]["summary"]
+def test_order_select_judges_only_selected_orders(cds: LiveService) -> None:
+    a = service_request("0530U", "2025-03-03", rid="a")
+    b = service_request("0091U", "2025-03-03", rid="b")
+    body = cds.call(hook_request(a, b, hook="order-select", selections=["ServiceRequest/b"]), service=SELECT)
+    assert ["0091U" in c["summary"] for c in body["cards"]] == [True, True]
+    assert [a["resource"]["id"] for a in body["systemActions"]] == ["b"]
 
 
-@pytest.mark.parametrize("prefetch", [{}, {"coverage": {"resourceType": "OperationOutcome", "issue": []}}])
-def test_unavailable_coverage_answers_from_code_list(cds: LiveService, prefetch: dict[str, Any]) -> None:
-    body = cds.call(hook_request(service_request("0530U", "2025-03-03"), coverages=None, prefetch=prefetch))
-    [card] = body["cards"]
-    assert card["indicator"] == "warning" and "could not be checked" in card["detail"]
-    assert "systemActions" not in body
+def test_order_sign_ignores_selections(cds: LiveService) -> None:
+    a = service_request("0530U", "2025-03-03", rid="a")
+    b = service_request("0091U", "2025-03-03", rid="b")
+    assert len(cds.call(hook_request(a, b, selections=["ServiceRequest/b"]))["systemActions"]) == 2
 
 
-# ---------------------------------------------------------------- rules 1 and 8
+def test_order_select_needs_its_selections(cds: LiveService) -> None:
+    answer = cds.call(hook_request(service_request(), hook="order-select"), service=SELECT, expect=400)
+    assert "selections" in answer["issue"][0]["diagnostics"]
 
 
-def test_only_unrelated_orders_answer_empty_cards(cds: LiveService) -> None:
-    cbc = service_request("85025", "2025-03-03")
-    cbc["code"] = {"coding": [{"system": "http://loinc.org", "code": "58410-2"}], "text": "CBC"}
-    med = {"resourceType": "MedicationRequest", "id": "m1", "status": "draft", "intent": "order"}
-    assert cds.call(hook_request(cbc, med)) == {"cards": []}
+def test_order_dispatch_judges_the_dispatched_order_without_a_remove_suggestion(cds: LiveService) -> None:
+    order = service_request("0530U", "2025-03-03", rid="lab-1", status="active")
+    body = cds.call(dispatch_request(order), service=DISPATCH)
+    assert [c["indicator"] for c in body["cards"]] == ["warning"]
+    assert not any("suggestions" in c for c in body["cards"])
+    [info] = coverage_info(body)
+    assert info["covered"]["valueCode"] == "not-covered"
+
+
+def test_order_dispatch_in_the_pre_publication_shape_inferno_sends(cds: LiveService) -> None:
+    order = service_request("0530U", "2025-03-03", rid="lab-2", status="active")
+    body = dispatch_request(coverages=(coverage(),), prefetch={"order": order})
+    del body["context"]["dispatchedOrders"]
+    body["context"]["order"] = "ServiceRequest/lab-2"
+    answer = cds.call(body, service=DISPATCH)
+    assert coverage_info(answer)[0]["covered"]["valueCode"] == "not-covered"
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda c: c.pop("dispatchedOrders"), "dispatchedOrders"),
+    (lambda c: c.update(dispatchedOrders=["nope"]), "dispatchedOrders"),
+    (lambda c: c.pop("performer"), "performer"),
+    (lambda c: c.update(fulfillmentTasks={"resourceType": "Task"}), "fulfillmentTasks"),
+])
+def test_order_dispatch_context_is_checked(cds: LiveService, mutate: Any, expected: str) -> None:
+    body = dispatch_request(service_request("0530U", "2025-03-03", rid="x", status="active"))
+    mutate(body["context"])
+    assert expected in cds.call(body, service=DISPATCH, expect=400)["issue"][0]["diagnostics"]
+
+
+def test_unknown_context_fields_are_ignored(cds: LiveService) -> None:
+    assert cds.call(hook_request(service_request(), futureField={"x": 1}))["cards"]
+
+
+def test_sandbox_empty_coding_is_answered(cds: LiveService) -> None:
+    order = {"resourceType": "ServiceRequest", "id": "x", "status": "draft", "intent": "plan",
+             "subject": {"reference": "Patient/p1"}, "code": {"coding": [{}]}}
+    body = hook_request(order, hook="order-select", selections=["ServiceRequest/x"])
+    assert cds.call(body, service=SELECT) == {"cards": []}
 
 
 def test_bundle_without_type_and_other_resources_are_tolerated(cds: LiveService) -> None:
@@ -238,49 +274,35 @@ def test_bundle_without_type_and_other_resources_are_tolerated(cds: LiveService)
     assert cds.call(body)["cards"][0]["indicator"] == "warning"
 
 
-def test_order_select_judges_only_selected_orders(cds: LiveService) -> None:
-    a = service_request("0530U", "2025-03-03", rid="a")
-    b = service_request("0091U", "2025-03-03", rid="b")
-    body = cds.call(hook_request(a, b, hook="order-select", selections=["ServiceRequest/b"]), service=SELECT)
-    assert [c["summary"][:5] for c in body["cards"]] == ["0091U"]
-
-
-def test_order_sign_ignores_selections(cds: LiveService) -> None:
-    a = service_request("0530U", "2025-03-03", rid="a")
-    b = service_request("0091U", "2025-03-03", rid="b")
-    assert len(cds.call(hook_request(a, b, selections=["ServiceRequest/b"]))["cards"]) == 2
-
-
-def test_sandbox_empty_coding_is_answered(cds: LiveService) -> None:
-    order = {"resourceType": "ServiceRequest", "id": "x", "status": "draft", "intent": "plan",
-             "subject": {"reference": "Patient/p1"}, "code": {"coding": [{}]}}
-    assert cds.call(hook_request(order, hook="order-select"), service=SELECT) == {"cards": []}
-
-
-def test_unknown_context_fields_are_ignored(cds: LiveService) -> None:
-    assert cds.call(hook_request(service_request(), futureField={"x": 1}))["cards"]
-
-
-# ---------------------------------------------------------------- CRD configuration
+# ---------------------------------------------------------------- CRD configuration and version
 
 
 def test_configuration_can_turn_off_coverage_info(cds: LiveService) -> None:
     body = hook_request(service_request("0530U", "2025-03-03"))
     body["extension"] = {"davinci-crd.configuration": {"coverage-info": False}}
-    assert cds.call(body) == {"cards": []}
+    assert cds.call(body) == {"cards": [], "systemActions": []}
 
 
-def test_configuration_can_turn_off_external_reference(cds: LiveService) -> None:
+def test_configuration_can_turn_off_guideline_cards(cds: LiveService) -> None:
     body = hook_request(service_request("0239U", "2025-03-03", icd=("C34.9",)))
-    body["extension"] = {"davinci-crd.configuration": {"external-reference": False}}
-    assert cds.call(body) == {"cards": []}
+    body["extension"] = {"davinci-crd.configuration": {"guideline": False, "max-cards": 10}}
+    answer = cds.call(body)
+    assert answer["cards"] == [] and len(answer["systemActions"]) == 1  # the verdict still comes
 
 
 def test_configuration_value_must_be_boolean(cds: LiveService) -> None:
     body = hook_request(service_request())
     body["extension"] = {"davinci-crd.configuration": {"coverage-info": "no"}}
-    out = cds.call(body, expect=400)
-    assert out["resourceType"] == "OperationOutcome"
+    assert cds.call(body, expect=400)["resourceType"] == "OperationOutcome"
+
+
+def test_requested_crd_version(cds: LiveService) -> None:
+    body = hook_request(service_request("0530U", "2025-03-03"))
+    body["extension"] = {"davinci-crd.requestedVersion": "2.2"}
+    assert cds.call(body)["systemActions"]
+    body = hook_request(service_request("0530U", "2025-03-03"))
+    body["extension"] = {"davinci-crd.requestedVersion": "1.0"}
+    assert "not supported" in cds.call(body, expect=422)["issue"][0]["diagnostics"]
 
 
 # ---------------------------------------------------------------- wrong requests
@@ -297,15 +319,18 @@ def _outcome(resp: requests.Response, status: int) -> str:
     (lambda b: b.pop("hook"), "hook"),
     (lambda b: b.pop("hookInstance"), "hookInstance"),
     (lambda b: b.pop("context"), "context"),
+    (lambda b: b["context"].pop("patientId"), "patientId"),
     (lambda b: b.update(hook="patient-view"), "order-sign"),
     (lambda b: b["context"].update(draftOrders=[1, 2]), "Bundle"),
     (lambda b: b["context"].pop("draftOrders"), "Bundle"),
     (lambda b: b["context"]["draftOrders"]["entry"][0]["resource"].pop("subject"), "subject"),
+    (lambda b: b["context"]["draftOrders"]["entry"][0]["resource"].update(subject={}), "subject"),
     (lambda b: b["context"]["draftOrders"]["entry"][0]["resource"].update(occurrenceDateTime="3 March"),
      "occurrenceDateTime"),
+    (lambda b: b["context"]["draftOrders"]["entry"][0]["resource"].update(status=7), "status"),
     (lambda b: b.update(prefetch=[1]), "prefetch"),
-], ids=["no-hook", "no-hookInstance", "no-context", "wrong-hook", "orders-not-bundle", "no-orders",
-        "sr-no-subject", "sr-bad-date", "prefetch-not-object"])
+], ids=["no-hook", "no-hookInstance", "no-context", "no-patient", "wrong-hook", "orders-not-bundle", "no-orders",
+        "sr-no-subject", "sr-empty-subject", "sr-bad-date", "sr-bad-status", "prefetch-not-object"])
 def test_bad_requests_get_400_operation_outcome(cds: LiveService, mutate: Any, expected: str) -> None:
     body = hook_request(service_request())
     mutate(body)
@@ -328,7 +353,8 @@ def test_judged_orders_are_validated_in_full_others_only_in_what_is_read(cds: Li
     for element, value in [("code", {"coding": {"system": CPT, "code": "85025"}}),  # an object, not an array
                            ("code", {"coding": [{"system": CPT, "code": ""}]}),  # FHIR has no empty strings
                            ("occurrenceDateTime", "3 March 2025"), ("occurrenceDateTime", "2025-02-30"),
-                           ("authoredOn", "2025-03-03T10:00:00")]:  # a time needs its zone
+                           ("occurrencePeriod", {"start": "2025-03-03T10:00:00"}),  # a time needs its zone
+                           ("doNotPerform", "yes")]:
         broken = {**service_request("85025", rid="cbc"), element: value}
         resp = cds.http.post(sign, json=hook_request(broken), timeout=5)
         assert element in _outcome(resp, 400), (element, value)
@@ -363,24 +389,48 @@ def test_bad_request_writes_nothing(cds: LiveService) -> None:
     body = hook_request(service_request())
     body.pop("hookInstance")
     cds.http.post(cds.url(f"/cds-services/{SIGN}"), json=body, timeout=5)
-    assert cds.engine.store.count(hook_calls) == 0
+    assert cds.pipeline.store.count(hook_calls) == 0
+
+
+def test_null_element_in_an_order_is_400(cds: LiveService) -> None:
+    body = hook_request(service_request("0530U", "2025-03-03", subject=None))
+    resp = cds.http.post(cds.url(f"/cds-services/{SIGN}"), json=body, timeout=5)
+    assert "subject" in _outcome(resp, 400)
+
+
+def test_empty_elements_are_tolerated_and_not_echoed(cds: LiveService) -> None:
+    body = cds.call(hook_request(service_request("0530U", "2025-03-03", reasonCode=[], category=[{}])))
+    resource = body["systemActions"][0]["resource"]
+    assert "reasonCode" not in resource and "category" not in resource
+
+
+def test_unreadable_coverage_is_indeterminate_for_a_technical_reason(cds: LiveService) -> None:
+    broken = coverage(period={"start": 20250101})
+    body = cds.call(hook_request(service_request("0530U", "2025-03-03"), coverages=(broken,)))
+    [info] = coverage_info(body)
+    assert info["covered"]["valueCode"] == "indeterminate"
+    assert info["reason"]["valueCodeableConcept"]["coding"][0]["code"] == "technical"
+    assert "period" in info["reason"]["valueCodeableConcept"]["text"]
 
 
 # ---------------------------------------------------------------- audit, assertions, feedback
 
 
-def test_hook_call_is_audited_and_assertions_stored_and_retrievable(cds: LiveService) -> None:
+def test_hook_call_is_recorded_with_its_response_and_assertions(cds: LiveService) -> None:
     req = hook_request(service_request("0530U", "2025-03-03", rid="lb-9"))
     body = cds.call(req)
     [info] = coverage_info(body)
     assertion_id = info["coverage-assertion-id"]["valueString"]
-    with cds.engine.store.engine.connect() as conn:
+    with cds.pipeline.store.engine.connect() as conn:
         [call] = conn.execute(select(hook_calls)).mappings().all()
         [row] = conn.execute(select(coverage_assertions)).mappings().all()
-    assert call["hook_instance"] == req["hookInstance"] and call["decision_summary"] == "investigational"
-    assert call["orders"] == [{"reference": "ServiceRequest/lb-9", "codes": ["0530U"],
-                               "date_of_service": "2025-03-03", "outcome": "investigational"}]
+        issued = conn.execute(select(cards.c.template)).scalars().all()
+    assert call["hook_instance"] == req["hookInstance"] and call["response"] == body
+    assert call["decision_summary"] == "investigational-code-list" and len(call["request_digest"]) == 64
+    assert call["orders"][0]["reference"] == "ServiceRequest/lb-9"
     assert row["assertion_id"] == assertion_id and row["covered"] == "not-covered" and row["code"] == "0530U"
+    assert row["information"] == body["systemActions"][0]["resource"]["extension"][0]
+    assert sorted(issued) == ["investigational-code-list", "remove-order"]
     looked_up = cds.http.get(cds.url(f"/coverage-assertions/{assertion_id}"), timeout=5)
     assert looked_up.status_code == 200
     assert looked_up.json()["policy"] == "MP 2.267" and looked_up.json()["date_of_service"] == "2025-03-03"
@@ -388,12 +438,12 @@ def test_hook_call_is_audited_and_assertions_stored_and_retrievable(cds: LiveSer
 
 
 def test_feedback_is_validated_and_stored(cds: LiveService) -> None:
-    card = cds.call(hook_request(service_request()))["cards"][0]
+    card = cds.call(hook_request(service_request("0530U", "2025-03-03")))["cards"][0]
     fb = {"feedback": [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z",
                         "overrideReason": {"reason": card["overrideReasons"][0], "userComment": "trial"}}]}
     resp = cds.http.post(cds.url(f"/cds-services/{SIGN}/feedback"), json=fb, timeout=5)
     assert resp.status_code == 200 and resp.json() == {"stored": 1}
-    [row] = cds.engine.store.feedback_for(card["uuid"])
+    [row] = cds.pipeline.store.feedback_for(card["uuid"])
     assert row["outcome"] == "overridden" and row["override_reason"]["userComment"] == "trial"
 
 
@@ -407,7 +457,7 @@ def test_feedback_is_validated_and_stored(cds: LiveService) -> None:
 def test_bad_feedback_is_400_and_not_stored(cds: LiveService, entry: dict[str, Any]) -> None:
     resp = cds.http.post(cds.url(f"/cds-services/{SIGN}/feedback"), json={"feedback": [entry]}, timeout=5)
     _outcome(resp, 400)
-    assert cds.engine.store.count(feedback) == 0
+    assert cds.pipeline.store.count(feedback) == 0
 
 
 def test_feedback_for_unknown_service_is_404(cds: LiveService) -> None:
@@ -429,24 +479,13 @@ def test_cors_preflight_without_authorization(cds: LiveService) -> None:
     assert "Access-Control-Allow-Origin" in real.headers
 
 
-# ---------------------------------------------------------------- found by the fuzzer
-
-
-def test_null_element_in_an_order_is_400(cds: LiveService) -> None:
-    body = hook_request(service_request("0530U", "2025-03-03", subject=None))
-    resp = cds.http.post(cds.url(f"/cds-services/{SIGN}"), json=body, timeout=5)
-    assert "subject" in _outcome(resp, 400)
-
-
-def test_empty_elements_are_tolerated_and_not_echoed(cds: LiveService) -> None:
-    body = cds.call(hook_request(service_request("0530U", "2025-03-03", reasonCode=[], category=[{}])))
-    resource = body["systemActions"][0]["resource"]
-    assert "reasonCode" not in resource and "category" not in resource
-
-
-def test_unreadable_coverage_prefetch_means_coverage_unavailable(cds: LiveService) -> None:
-    broken = coverage()
-    broken["class"] = True
-    for prefetch in ({"coverage": bundle(broken)}, {"coverage": {"resourceType": "Bundle", "entry": True}}):
-        body = cds.call(hook_request(service_request("0530U", "2025-03-03"), coverages=None, prefetch=prefetch))
-        assert "could not be checked" in body["cards"][0]["detail"] and "systemActions" not in body
+def test_conditions_in_prefetch_decide_metastatic_colorectal_cancer(cds: LiveService) -> None:
+    order = service_request(None, "2025-03-03", reasonReference=[{"reference": "Condition/crc"}])
+    order["code"] = {"text": "ctDNA KRAS/NRAS/BRAF"}
+    conditions = bundle(
+        {"resourceType": "Condition", "id": "crc", "subject": {"reference": "Patient/p1"},
+         "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C18.7"}]}},
+        {"resourceType": "Condition", "id": "mets", "subject": {"reference": "Patient/p1"},
+         "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C78.7"}]}})
+    body = cds.call(hook_request(order, prefetch={"conditions": conditions}))
+    assert "MP 2.316" in body["cards"][0]["summary"]

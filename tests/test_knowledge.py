@@ -72,10 +72,57 @@ def test_policy_identity_retirement_and_delegation(knowledge: Knowledge) -> None
     assert knowledge.publisher == "Capital Blue Cross"
     assert knowledge.retirement == date(2026, 7, 1)
     assert knowledge.successor.label == "EviCore"
-    assert knowledge.fep_manual.url == FEP_MANUAL
+    assert knowledge.variations[0].manual.url == FEP_MANUAL
     plan = json.loads((DEFAULT_DIR / "PlanDefinition-mp-2-267.json").read_text())
     assert plan["status"] == "retired"
-    assert {t["name"] for a in plan["action"] for t in a["trigger"]} == {"order-select", "order-sign"}
+    assert {t["name"] for a in plan["action"] for t in a["trigger"]} == {"order-select", "order-sign",
+                                                                          "order-dispatch"}
+
+
+# The policy's footer: "Health care benefit programs issued or administered by Capital Blue Cross and/or its
+# subsidiaries, Capital Advantage Insurance Company, Capital Advantage Assurance Company and Keystone Health
+# Plan Central."
+FOOTER_COMPANIES = {"Capital Blue Cross", "Capital Advantage Insurance Company", "Capital Advantage Assurance Company",
+                    "Keystone Health Plan Central"}
+
+
+def test_served_payers_are_the_companies_the_footer_names(knowledge: Knowledge) -> None:
+    assert {p.name for p in knowledge.payers} == FOOTER_COMPANIES
+    assert knowledge.payers[0].name == "Capital Blue Cross"  # the parent: deployment settings extend it
+
+
+def test_fep_goes_by_its_names(knowledge: Knowledge) -> None:
+    names = set(knowledge.variations[0].names)
+    assert {"FEP", "Federal Employee Program", "Service Benefit Plan", "FEP Blue Standard", "FEP Blue Basic",
+            "FEP Blue Focus"} <= names
+    assert {"104", "105", "106", "111", "112", "113", "131", "132", "133"} <= knowledge.variations[0].plan_identifiers
+
+
+def test_code_systems_under_every_identifier_ehrs_use(knowledge: Knowledge) -> None:
+    cpt = "http://www.ama-assn.org/go/cpt"
+    assert knowledge.canonical_system("urn:oid:2.16.840.1.113883.6.12") == cpt
+    assert knowledge.canonical_system("https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets") == \
+        knowledge.canonical_system("urn:oid:2.16.840.1.113883.6.285")
+    assert knowledge.canonical_system("urn:oid:2.16.840.1.113883.6.90") == knowledge.icd10_system
+
+
+def test_catalogue_cites_a_source_for_every_test(knowledge: Knowledge) -> None:
+    catalogue = json.loads((DEFAULT_DIR / "CodeSystem-liquid-biopsy-test-catalogue.json").read_text())
+    for concept in catalogue["concept"]:
+        sources = [p["valueString"] for p in concept["property"] if p["code"] == "source"]
+        assert sources and all(s.startswith(("https://", "http://")) for s in sources), concept["code"]
+    kinds = {t.analyte for t in knowledge.catalogue}
+    assert {"ctdna", "ctc", "non-tumor-cfdna"} <= kinds
+    assert {t.non_cancer_use for t in knowledge.catalogue if not t.cancer} >= {"prenatal", "transplant-rejection",
+                                                                               "infection"}
+
+
+def test_verdict_reasons_carry_crd_values(knowledge: Knowledge) -> None:
+    assert knowledge.reasons["investigational-code-list"].covered == "not-covered"
+    assert knowledge.reasons["policy-retired-delegated"].covered == "conditional"
+    assert knowledge.reasons["policy-retired-delegated"].info_needed == ("OTH",)
+    assert knowledge.reasons["technical"].coding.code == "technical"
+    assert knowledge.reasons["technical"].coding.system == "http://hl7.org/fhir/us/davinci-crd/CodeSystem/temp"
 
 
 def test_cross_references_match_the_policy_text(knowledge: Knowledge) -> None:
@@ -142,8 +189,8 @@ def test_new_code_with_future_date_is_honoured_without_code_change(artifact_copy
             assert resp.status_code == 200
             result: list[dict[str, Any]] = resp.json()["cards"]
             return result
-        assert cards("2026-01-31") == []
-        assert "0999U" in cards("2026-02-01")[0]["summary"]
+        assert "depends on the reason for testing" in cards("2026-01-31")[0]["summary"]  # not yet listed
+        assert "investigational and not covered" in cards("2026-02-01")[0]["summary"]
     finally:
         server.shutdown()
         thread.join(5)
@@ -158,6 +205,16 @@ def test_new_code_with_future_date_is_honoured_without_code_change(artifact_copy
      "invalid PlanDefinition: action[0].title"),  # located FHIRPath-style, as 400s for orders are
     ("ConceptMap-mp-2-267-exclusion-routing.json",
      lambda d: d["group"][0]["element"][0]["target"][0].update(code="9.999"), "9.999"),
+    ("PlanDefinition-mp-2-267.json", lambda d: d["action"][3]["code"][0]["coding"][0].update(code="external-reference"),
+     "'external-reference' is not a code of"),
+    ("CodeSystem-liquid-biopsy-test-catalogue.json", lambda d: d["concept"].append(
+        {"code": "new-test", "display": "New ctDNA test", "property": [
+            {"code": "billing-code", "valueCoding": {"system": "http://www.ama-assn.org/go/cpt", "code": "0999U"}},
+            {"code": "analyte", "valueCode": "ctdna"}, {"code": "cancer", "valueBoolean": True},
+            {"code": "source", "valueString": "https://example.org"}]}), "0999U (New ctDNA test) is a liquid biopsy"),
+    ("CodeSystem-liquid-biopsy-cds-codes.json", lambda d: d["concept"][1]["concept"][0]["property"][0].update(
+        valueCode="maybe"), "must be CRD codes"),
+    ("Organization-capital-blue-cross.json", lambda d: d.pop("name"), "needs a name"),
 ])
 def test_broken_artifact_stops_start_up_naming_the_file(artifact_copy: Path, file: str, change: Any,
                                                          message: str) -> None:

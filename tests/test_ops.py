@@ -19,7 +19,17 @@ from referencing import Registry, Resource
 from sqlalchemy import create_engine
 
 from cds_service.observability import HookInstanceFilter, JsonFormatter
-from tests.conftest import SELECT, SIGN, LiveService, assertion_ids, coverage, hook_request, service_request
+from tests.conftest import (
+    DISPATCH,
+    SELECT,
+    SIGN,
+    LiveService,
+    assertion_ids,
+    coverage,
+    dispatch_request,
+    hook_request,
+    service_request,
+)
 from tests.processes import free_port, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +42,8 @@ def test_healthz(cds: LiveService) -> None:
 
 def test_readyz_ready_then_database_gone(cds: LiveService) -> None:
     ready = requests.get(cds.url("/readyz"), timeout=5)
-    assert ready.status_code == 200 and ready.json()["artifacts"] == cds.engine.knowledge.artifact_digest
-    cds.engine.store.engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:9/none",
+    assert ready.status_code == 200 and ready.json()["artifacts"] == cds.pipeline.knowledge.artifact_digest
+    cds.pipeline.store.engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:9/none",
                                             connect_args={"connect_timeout": 1})
     down = requests.get(cds.url("/readyz"), timeout=10)
     assert down.status_code == 503 and "database unreachable" in down.json()["issue"][0]["diagnostics"]
@@ -59,8 +69,8 @@ def test_metrics_count_requests_decisions_and_failures(cds: LiveService) -> None
 
     assert delta("cds_requests_total", endpoint="call_service", service=SIGN, status="200") == 2
     assert delta("cds_requests_total", endpoint="call_service", service=SIGN, status="400") == 1
-    assert delta("cds_decisions_total", outcome="investigational") == 1
-    assert delta("cds_decisions_total", outcome="retired") == 1
+    assert delta("cds_decisions_total", outcome="investigational-code-list") == 1
+    assert delta("cds_decisions_total", outcome="policy-retired-delegated") == 1
     assert delta("cds_request_seconds_count", endpoint="call_service", service=SIGN) == 3
 
 
@@ -69,7 +79,7 @@ def test_fhir_fetch_errors_and_auth_failures_are_counted(service_factory: Any, t
     before = requests.get(svc.url("/metrics"), timeout=5).text
     body = hook_request(service_request(), coverages=None)
     body["fhirServer"] = "http://127.0.0.1:9/fhir"
-    svc.call(body)
+    svc.call(body, expect=400)  # no Coverage could be obtained (CRD hook-13)
     issuers = tmp_path / "i.json"
     from tests.test_auth import EC_KEY, jwk
 
@@ -94,7 +104,7 @@ def test_json_log_lines_carry_the_hook_instance(cds: LiveService) -> None:
     try:
         body = hook_request(service_request(), coverages=None)
         body["fhirServer"] = "https://not-allowed.example/fhir"  # logs a warning inside the call
-        cds.call(body)
+        cds.call(body, expect=400)
         assert requests.get(cds.url("/cds-services"), timeout=5).status_code == 200  # no line: access log has it
     finally:
         logger.removeHandler(handler)
@@ -103,7 +113,7 @@ def test_json_log_lines_carry_the_hook_instance(cds: LiveService) -> None:
     assert len(lines) >= 2
     assert all(line["hookInstance"] == body["hookInstance"] for line in lines)
     [request_line] = [line for line in lines if line["logger"] == "cds_service.requests"]
-    assert request_line["status"] == 200 and request_line["service"] == SIGN and request_line["latency_ms"] > 0
+    assert request_line["status"] == 400 and request_line["service"] == SIGN and request_line["latency_ms"] > 0
 
 
 # ---------------------------------------------------------------- policy pages
@@ -127,20 +137,22 @@ def test_alternative_policy_pages(cds: LiveService) -> None:
     assert requests.get(cds.url("/policies/mp-9-999"), timeout=5).status_code == 404
 
 
-def test_cards_link_the_policy_page_when_public_base_url_is_set(service_factory: Any) -> None:
+def test_cards_link_the_policy_page_of_the_public_base_url_or_the_url_called(service_factory: Any) -> None:
     svc = service_factory(PUBLIC_BASE_URL="https://cds.payer.example/")
     card = svc.call(hook_request(service_request("0530U", "2025-03-03")))["cards"][0]
-    assert card["links"][-1]["url"] == "https://cds.payer.example/policies/mp-2-267"
-    plain = service_factory().call(hook_request(service_request("0530U", "2025-03-03")))["cards"][0]
-    assert not any("/policies/" in link["url"] for link in plain["links"])
+    assert card["links"][0]["url"] == "https://cds.payer.example/policies/mp-2-267"
+    plain = service_factory()
+    card = plain.call(hook_request(service_request("0530U", "2025-03-03")))["cards"][0]
+    assert card["links"][0]["url"] == plain.url("/policies/mp-2-267")
+    assert requests.get(card["links"][0]["url"], timeout=5).status_code == 200
 
 
 # ---------------------------------------------------------------- OpenAPI
 
 
-@pytest.fixture(scope="module")
-def openapi() -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((ROOT / "cds_service/web/openapi.json").read_text())
+@pytest.fixture
+def openapi(cds: LiveService) -> dict[str, Any]:
+    doc: dict[str, Any] = requests.get(cds.url("/openapi.json"), timeout=5).json()
     return doc
 
 
@@ -159,9 +171,11 @@ def check(openapi: dict[str, Any], path: str, method: str, resp: requests.Respon
 
 
 def test_openapi_is_served_and_is_valid_3_1(cds: LiveService, openapi: dict[str, Any]) -> None:
-    served = requests.get(cds.url("/openapi.json"), timeout=5)
-    assert served.status_code == 200 and served.json() == openapi
     assert openapi["openapi"].startswith("3.1")
+    services = requests.get(cds.url("/cds-services"), timeout=5).json()["services"]
+    assert openapi["components"]["parameters"]["serviceId"]["schema"]["enum"] == [s["id"] for s in services]
+    assert set(openapi["components"]["schemas"]["HookRequest"]["properties"]["hook"]["enum"]) == \
+        {s["hook"] for s in services}
     Draft202012Validator.check_schema({"$defs": openapi["components"]["schemas"]})
 
 
@@ -173,11 +187,21 @@ def test_real_responses_match_the_openapi_document(cds: LiveService, openapi: di
     check(openapi, "/cds-services/{service_id}", "post", hook)
     for body in (hook_request(service_request("0239U", "2025-03-03", icd=("C34.9",))),
                  hook_request(service_request("0530U", "2026-08-03"), coverages=(coverage(plan="FEP Blue"),)),
-                 hook_request(service_request("0530U", "2025-03-03"), coverages=())):
+                 hook_request(service_request("0530U", "2025-03-03"), coverages=()),
+                 hook_request(service_request("85025", "2025-03-03"))):
         check(openapi, "/cds-services/{service_id}", "post",
               http.post(cds.url(f"/cds-services/{SIGN}"), json=body, timeout=5))
     check(openapi, "/cds-services/{service_id}", "post",
-          http.post(cds.url(f"/cds-services/{SELECT}"), json=hook_request(service_request(), hook="order-select"),
+          http.post(cds.url(f"/cds-services/{SELECT}"),
+                    json=hook_request(service_request(), hook="order-select", selections=["ServiceRequest/sr-1"]),
+                    timeout=5))
+    check(openapi, "/cds-services/{service_id}", "post",
+          http.post(cds.url(f"/cds-services/{DISPATCH}"),
+                    json=dispatch_request(service_request("0530U", "2025-03-03", status="active")), timeout=5))
+    check(openapi, "/cds-services/{service_id}", "post",  # a retry with another body: 409
+          http.post(cds.url(f"/cds-services/{SIGN}"), json={**hook_request(service_request("0091U")),
+                                                             "hookInstance": hook.request.body and
+                                                             json.loads(hook.request.body)["hookInstance"]},
                     timeout=5))
     check(openapi, "/cds-services/{service_id}", "post", http.post(cds.url(f"/cds-services/{SIGN}"), json={},
                                                                    timeout=5))

@@ -135,7 +135,7 @@ def test_postgres_schema_must_be_migrated_first(postgres_url: str) -> None:
 def test_db_upgrade_command_on_postgres(postgres_url: str) -> None:
     out = subprocess.run([sys.executable, "-m", "cds_service", "db", "upgrade"], capture_output=True, text=True,
                          env={**os.environ, "CDS_DATABASE_URL": postgres_url}, cwd=ROOT, timeout=60)
-    assert out.returncode == 0 and "revision 0001" in out.stdout, out.stderr
+    assert out.returncode == 0 and f"revision {SCHEMA_REVISION}" in out.stdout, out.stderr
     create_app({"DATABASE_URL": postgres_url})  # now starts
 
 
@@ -189,8 +189,9 @@ def test_two_replicas_on_one_postgres(postgres_url: str, tmp_path: Path) -> None
         def hook(replica: ServiceProcess) -> list[str]:
             url = f"{replica.base}/cds-services/{SIGN}"
             orders = [service_request("0530U", "2025-03-03", rid="a"), service_request("0091U", "2025-03-03", rid="b")]
-            resp = requests.post(url, json=hook_request(*orders), headers={"Authorization": f"Bearer {token(url)}"},
-                                 timeout=20)
+            patient = str(uuid.uuid4())  # each call another patient: each verdict a new assertion
+            resp = requests.post(url, json=hook_request(*orders, patientId=patient),
+                                 headers={"Authorization": f"Bearer {token(url)}"}, timeout=20)
             assert resp.status_code == 200, resp.text
             return assertion_ids(resp.json())
 

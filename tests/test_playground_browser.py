@@ -112,7 +112,7 @@ def seq(driver: Any) -> int:
     return int(driver.find_element(By.ID, "result").get_attribute("data-seq"))
 
 
-def submit(driver: Any, via: Callable[[], None] | None = None) -> None:
+def submit(driver: Any, via: Callable[[], None] | None = None, expect: str = "done") -> None:
     """Press Evaluate (or run ``via``) and wait until this request's answer is on the page."""
     before = seq(driver)
     if via is None:
@@ -121,7 +121,7 @@ def submit(driver: Any, via: Callable[[], None] | None = None) -> None:
         via()
     WebDriverWait(driver, WAIT).until(lambda d: seq(d) > before)
     state = driver.find_element(By.ID, "result").get_attribute("data-state")
-    assert state == "done", driver.find_element(By.ID, "result-status").text
+    assert state == expect, driver.find_element(By.ID, "result-status").text
 
 
 def wait_for_card(driver: Any, indicator: str, *needles: str) -> WebElement:
@@ -187,11 +187,11 @@ def test_investigational_code_shows_warning_card_with_policy_link_and_not_covere
     # Detail is markdown rendered to HTML, not shown raw.
     detail = card.find_element(By.CLASS_NAME, "card-detail")
     assert detail.find_elements(By.TAG_NAME, "strong")
-    assert detail.find_elements(By.CSS_SELECTOR, "ul li")
     assert "**" not in detail.text
-    # Suggestions and override reasons are shown.
-    assert "Remove the 0530U order" in card.text
+    # Override reasons are shown on the warning; the removal is offered on a card of its own.
     assert "Ordered as part of a clinical trial" in card.text
+    remove = wait_for_card(page, "info", "Remove the draft")
+    assert "Remove the draft order for" in remove.text
 
     assert "not-covered" in verdict_text(page)
     assert "Coverage/playground-coverage" in verdict_text(page)
@@ -207,16 +207,16 @@ def test_date_after_retirement_shows_retired_notice_and_conditional_verdict(page
     screenshot(page, tmp_path / "playground-retired.png")
 
 
-def test_fep_plan_shows_fep_card_and_no_verdict(page: Any) -> None:
+def test_fep_plan_shows_fep_card_and_conditional_verdict(page: Any) -> None:
     choose(page, test="0530U", date="2025-03-03", diagnosis="", plan="fep")
     submit(page)
     wait_for_card(page, "info", "FEP")
     verdict = verdict_text(page)
-    assert "No coverage assertion" in verdict
+    assert "conditional" in verdict
     assert "not-covered" not in verdict
     sent = raw_json(page, "raw-request")
     coverage = sent["prefetch"]["coverage"]["entry"][0]["resource"]
-    assert coverage["class"][0]["value"].startswith("FEP")
+    assert "Federal Employee Program" in coverage["class"][0]["value"]
 
 
 def test_form_submits_from_keyboard(page: Any) -> None:
@@ -255,10 +255,11 @@ def test_raw_request_and_response_show_the_json_exchanged(page: Any) -> None:
     assert page.find_element(By.ID, "raw-request").is_displayed()
 
 
-def test_no_diagnosis_omits_reason_code_and_no_coverage_sends_empty_bundle(page: Any) -> None:
+def test_no_diagnosis_omits_reason_code_and_no_coverage_is_the_crd_400(page: Any) -> None:
     choose(page, test="0530U", date="2025-03-03", diagnosis="", plan="none")
-    submit(page)
-    wait_for_card(page, "info", "No active")
+    submit(page, expect="error")
+    alert = page.find_element(By.CSS_SELECTOR, "#result [role=alert]")
+    assert "HTTP 400" in alert.text and "No Coverage is accessible" in alert.text
     sent = raw_json(page, "raw-request")
     assert "reasonCode" not in sent["context"]["draftOrders"]["entry"][0]["resource"]
     assert sent["prefetch"]["coverage"] == {"resourceType": "Bundle", "type": "searchset", "entry": []}

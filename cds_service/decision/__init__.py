@@ -1,19 +1,30 @@
-"""The decision core: pure rules over plain values (no Flask, no I/O)."""
+"""The decision core: pure rules over plain values (no Flask, no I/O).
 
+``judge`` says what the policy says about an order; ``members.select`` says which Coverages this
+endpoint answers for; ``decide`` turns both into one CRD coverage-information per order and Coverage.
+"""
+
+from cds_service.decision.members import identify, select
 from cds_service.decision.model import (
-    Assertion,
     CoverageFacts,
-    CoverageStatus,
-    Covered,
+    CoverageProblem,
+    CoverageRecord,
+    CoverageSource,
+    DateWindow,
     Decision,
+    Diagnosis,
+    MemberCoverage,
     Order,
-    OrderDecision,
-    Outcome,
-    PlanCoverage,
+    OrderJudgement,
+    PayerKind,
+    Recognised,
+    Selection,
+    Verdict,
 )
-from cds_service.decision.rules import applies, decide
+from cds_service.decision.rules import Context, decide, judge
 
 __all__ = [
-    "Assertion", "CoverageFacts", "CoverageStatus", "Covered", "Decision", "Order", "OrderDecision",
-    "Outcome", "PlanCoverage", "applies", "decide",
+    "Context", "CoverageFacts", "CoverageProblem", "CoverageRecord", "CoverageSource", "DateWindow", "Decision",
+    "Diagnosis", "MemberCoverage", "Order", "OrderJudgement", "PayerKind", "Recognised", "Selection", "Verdict",
+    "decide", "identify", "judge", "select",
 ]

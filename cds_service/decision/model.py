@@ -7,84 +7,219 @@ from datetime import date
 from enum import StrEnum
 from typing import Any
 
-from cds_service.knowledge.model import Route
+from cds_service.coverage_information import CoverageInformation
+from cds_service.knowledge.model import CatalogueTest, ProductVariation, Route
+
+# ---------------------------------------------------------------- orders
+
+
+@dataclass(frozen=True, slots=True)
+class DateWindow:
+    """When the service will be performed: a day, a period, or (not stated) any day from ``start`` on."""
+
+    start: date
+    end: date | None  # last day included; None when open-ended
+    basis: str  # where it came from, in words
+    stated: bool  # False when the order gives no date of service
+
+    def contains(self, day: date) -> bool:
+        return self.start <= day and (self.end is None or day <= self.end)
+
+    def describe(self) -> str:
+        if not self.stated:
+            return f"not given (judged for dates from {self.start.isoformat()} on)"
+        if self.end is None or self.end == self.start:
+            return self.start.isoformat()
+        return f"{self.start.isoformat()} to {self.end.isoformat()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    category: str  # ICD-10-CM category (C34.90 -> C34)
+    code: str  # as given
+    display: str  # as given, or ""
 
 
 @dataclass(frozen=True, slots=True)
 class Order:
-    """A draft ServiceRequest reduced to what the policy looks at."""
+    """A ServiceRequest reduced to what the policy looks at."""
 
     reference: str  # "ServiceRequest/{id}"
-    codes: tuple[str, ...]  # procedure codes (CPT/HCPCS), trimmed and upper-cased
-    text: str  # code.text and coding displays, lower-cased, for keyword recognition
-    date_of_service: date
-    date_basis: str  # which element gave the date, in words
-    diagnosis_categories: frozenset[str]  # ICD-10-CM categories from the order's reasons
+    codings: tuple[tuple[str, str, str], ...]  # (canonical system or "", code upper-cased, display as given)
+    text: str  # code.text, coding displays and orderDetail text, as given
+    window: DateWindow
+    diagnoses: tuple[Diagnosis, ...]  # from reasonCode and reasonReference
     purposes: frozenset[str]  # liquid-biopsy purpose codes from reasonCode / category
-    resource: dict[str, Any] = field(compare=False, repr=False)  # the original JSON, for CRD updates
+    status: str
+    intent: str
+    do_not_perform: bool
+    draft: bool  # a draft order of this ordering session (a suggestion may remove it)
+    held: tuple[tuple[str, str, bytes], ...] = ()  # coverage-information it carries: (coverage, id, verdict)
+    resource: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def diagnosis_categories(self) -> frozenset[str]:
+        return frozenset(d.category for d in self.diagnoses)
+
+
+# ---------------------------------------------------------------- coverage
 
 
 @dataclass(frozen=True, slots=True)
-class PlanCoverage:
+class CoverageRecord:
+    """A Coverage reduced to what decides membership and eligibility (read by intake, judged here)."""
+
     reference: str  # "Coverage/{id}"
-    descriptors: tuple[str, ...]  # class values/names, payor displays: what a plan matcher reads
+    status: str
+    order: int | None  # order of benefits (1 = primary)
+    start: date | None
+    end: date | None
+    payor_identifiers: tuple[tuple[str, str], ...]  # (system, value) of the payor (reference or Organization)
+    payor_names: tuple[str, ...]  # payor display / Organization name and aliases, as given
+    plan_names: tuple[str, ...]  # class values and names, type text, as given
+    plan_values: tuple[str, ...]  # class values (enrollment codes and the like)
+    problem: str = ""  # why an element the decision needs could not be read ("" when readable)
 
 
-class CoverageStatus(StrEnum):
-    FOUND = "found"  # at least one active Coverage
-    NONE = "none"  # the data says the patient has no active coverage
-    UNAVAILABLE = "unavailable"  # coverage could not be obtained
+class CoverageSource(StrEnum):
+    PROVIDED = "provided"  # prefetch or the FHIR server gave Coverage resources
+    NONE_FOUND = "none-found"  # the query found nothing
+    UNAVAILABLE = "unavailable"  # it could not be obtained
 
 
 @dataclass(frozen=True, slots=True)
 class CoverageFacts:
-    status: CoverageStatus
-    coverages: tuple[PlanCoverage, ...] = ()
+    source: CoverageSource
+    records: tuple[CoverageRecord, ...] = ()
+    problem: str = ""  # why unavailable, in words
 
 
-class Outcome(StrEnum):
-    INVESTIGATIONAL = "investigational"  # on the code list at the date of service
-    RETIRED = "retired"  # date of service on/after the policy's retirement
-    PRODUCT_VARIATION = "product-variation"  # the member's plan has its own policy manual (FEP)
-    OTHER_POLICY = "other-policy"  # a use the policy does not address
-    NOT_APPLICABLE = "not-applicable"
-
-
-class Covered(StrEnum):
-    NOT_COVERED = "not-covered"
-    CONDITIONAL = "conditional"
+class PayerKind(StrEnum):
+    SERVED = "served"  # a payer this endpoint serves (Capital Blue Cross and its subsidiaries)
+    VARIATION = "variation"  # a product variation with its own manual (the FEP)
+    OTHER = "other"  # identified, and not one this endpoint serves
+    UNKNOWN = "unknown"  # no payor information to identify
 
 
 @dataclass(frozen=True, slots=True)
-class Assertion:
-    """One coverage-information statement about one order under one Coverage."""
+class MemberCoverage:
+    record: CoverageRecord
+    payer: PayerKind
+    payer_label: str  # the payer as the Coverage names it
+    variation: ProductVariation | None = None
 
-    coverage: str
-    covered: Covered
-    pa_needed: str | None
-    reason: str  # key of Knowledge.coverage_reasons
+    @property
+    def reference(self) -> str:
+        return self.record.reference
+
+    def in_force(self, day: date) -> bool:
+        r = self.record
+        return r.status == "active" and (r.start is None or r.start <= day) and (r.end is None or day <= r.end)
+
+    @property
+    def label(self) -> str:
+        plan = next((p for p in self.record.plan_names if p and p != self.payer_label), "")
+        return f"{self.payer_label} {plan}".strip() or self.record.reference
+
+
+class CoverageProblem(StrEnum):
+    NONE_ACCESSIBLE = "none-accessible"
+    OTHER_PAYER = "other-payer"
+    UNKNOWN_PAYER = "unknown-payer"
+    SEVERAL_PRIMARY = "several-primary"
 
 
 @dataclass(frozen=True, slots=True)
-class OrderDecision:
+class Selection:
+    """The coverages this endpoint answers for, or why there are none (CRD hook-13: a 400)."""
+
+    coverages: tuple[MemberCoverage, ...]
+    problem: CoverageProblem | None = None
+    message: str = ""
+
+
+# ---------------------------------------------------------------- what the decision finds
+
+
+class Recognised(StrEnum):
+    LIQUID_BIOPSY = "liquid-biopsy"  # a ctDNA / CTC cancer test: the policy's subject
+    NOT_THIS_POLICY = "not-this-policy"  # cell-free DNA that is not a cancer test, or not ctDNA/CTC
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Recognition:
+    kind: Recognised
+    code: str = ""  # the procedure code the finding is about ("" when recognised by name or words)
+    test: CatalogueTest | None = None
+    via: str = ""  # code | code-in-text | name | keyword
+    evidence: str = ""  # what was matched, as written in the data
+
+
+@dataclass(frozen=True, slots=True)
+class Use:
+    purposes: tuple[str, ...]  # purpose codes, stated or inferred
+    basis: str  # stated | test | diagnosis | none
+    description: str  # in words
+    short: str  # for a card summary
+    basis_words: str  # where the use comes from, in words
+    reviewed: bool  # every purpose is one the policy's evidence review covers
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    start: date
+    end: date | None
+    reason: str | None  # verdict reason code, None when the policy has nothing to say
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One order under one Coverage: the coverage-information (not yet issued an id) and its reason."""
+
+    coverage: MemberCoverage
+    reason: str
+    information: CoverageInformation
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderJudgement:
     order: Order
-    outcome: Outcome
-    code: str  # the code the decision is about ("" when recognised by text only)
-    routes: tuple[Route, ...] = ()  # uses other policies govern
-    own_manual_coverages: tuple[PlanCoverage, ...] = ()  # FEP coverages (MP does not apply to them)
-    assertions: tuple[Assertion, ...] = ()
+    recognition: Recognition
+    use: Use
+    routes: tuple[Route, ...]
+    policy_reason: str | None  # the policy's finding, coverage aside (None: nothing to say on the date)
+    segments: tuple[Segment, ...]  # the policy finding over the date window
+    verdicts: tuple[Verdict, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The test as the order names it, with its code."""
+        return test_label(self.order, self.recognition)
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    orders: tuple[OrderDecision, ...]  # only orders the policy has something to say about
-    coverage: CoverageFacts
+    judgements: tuple[OrderJudgement, ...]  # only orders the policy judges
+    selection: Selection | None  # None when no order is judged (coverage was not needed)
     today: date
 
     @property
-    def no_active_coverage(self) -> bool:
-        return bool(self.orders) and self.coverage.status is CoverageStatus.NONE
-
-    @property
     def summary(self) -> str:
-        return ",".join(sorted({d.outcome.value for d in self.orders})) or "none"
+        return ",".join(sorted({v.reason for j in self.judgements for v in j.verdicts}
+                               | {j.policy_reason or "none" for j in self.judgements if not j.verdicts})) or "none"
+
+
+def test_label(order: Order, recognition: Recognition) -> str:
+    """The order's own name for the test (not re-cased), with the code when it has one: '0242U',
+    'Guardant360 CDx (0242U)', 'cfDNA panel'."""
+    named = order.text.split(" | ")[0].strip() if order.text else ""
+    if not named and recognition.test is not None:
+        named = recognition.test.display
+    if len(named) > 60:
+        named = named[:59].rstrip() + "…"
+    code = recognition.code
+    if named and code and code.lower() not in named.lower():
+        return f"{named} ({code})"
+    return named or code or order.reference

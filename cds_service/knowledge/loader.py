@@ -12,7 +12,7 @@ import importlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -21,16 +21,24 @@ from typing import Any
 from pydantic import ValidationError
 
 from cds_service import terminology
+from cds_service.coverage_information import Covered, InfoNeeded
 from cds_service.fhir_errors import first_problem
+from cds_service.knowledge.lexicon import Phrases
 from cds_service.knowledge.model import (
     CardTemplate,
+    CatalogueTest,
     Coding,
     Knowledge,
+    Lexicon,
     Link,
     ListedCode,
     Membership,
+    Payer,
     Policy,
+    ProductVariation,
+    Purpose,
     Route,
+    VerdictReason,
 )
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "fhir_profiles"
@@ -157,6 +165,14 @@ def load_knowledge(directory: Path | None = None, canonical_base: str | None = N
     return build_knowledge(artifacts, canonical_base or ARTIFACT_BASE_MARKER)
 
 
+def _props(concept: dict[str, Any]) -> dict[str, list[Any]]:
+    """A CodeSystem concept's property values by property code (every repetition)."""
+    out: dict[str, list[Any]] = defaultdict(list)
+    for prop in concept.get("property", []):
+        out[prop["code"]].append(next(v for k, v in prop.items() if k.startswith("value")))
+    return out
+
+
 def build_knowledge(artifacts: list[Artifact], canonical_base: str) -> Knowledge:
     index = _Index(artifacts)
     plan = index.plan
@@ -179,16 +195,18 @@ def build_knowledge(artifacts: list[Artifact], canonical_base: str) -> Knowledge
         elif (role := role_of(ra)) is not None:
             by_role[role].append(ra)
 
-    def single(role: str) -> dict[str, Any]:
+    def single(role: str, url_required: bool = True) -> dict[str, Any]:
         items = by_role.get(role, [])
-        if len(items) != 1 or not items[0].get("url"):
-            raise KnowledgeError(plan.name, f"expected one relatedArtifact with role {role!r} and a url")
+        if len(items) != 1 or (url_required and not items[0].get("url")):
+            raise KnowledgeError(plan.name, f"expected one relatedArtifact with role {role!r}"
+                                 + (" and a url" if url_required else ""))
         return items[0]
 
     def dependency(resource_type: str) -> list[Artifact]:
         return [a for k, a in depends.items() if k.startswith(resource_type + ":")]
 
-    policy_doc = single("policy-document")
+    policy_doc = single("policy-document", url_required=False)
+    library = single("policy-library")
     fep = single("product-variation")
     successor = single("successor")
     policy_label = policy_doc.get("label") or ""
@@ -212,6 +230,9 @@ def build_knowledge(artifacts: list[Artifact], canonical_base: str) -> Knowledge
         card_type = next((c for c in codings if c.get("system") == terminology.CARD_TYPE_SYSTEM), None)
         if card_type is None:
             raise KnowledgeError(plan.name, f"action {aid!r} needs a code from {terminology.CARD_TYPE_SYSTEM}")
+        if card_type["code"] not in terminology.CARD_TYPES:
+            raise KnowledgeError(plan.name, f"action {aid!r}: {card_type['code']!r} is not a code of "
+                                 f"{terminology.CARD_TYPE_SYSTEM}")
         priority = action.get("priority", "routine")
         if priority not in terminology.INDICATOR_BY_PRIORITY:
             raise KnowledgeError(plan.name, f"action {aid!r} has unknown priority {priority!r}")
@@ -221,18 +242,18 @@ def build_knowledge(artifacts: list[Artifact], canonical_base: str) -> Knowledge
         for inp in action.get("input", []):
             for cf in inp.get("codeFilter", []):
                 vs = index.resolve(cf["valueSet"], plan, "ValueSet")
-                if aid == "investigational":
+                if aid == "investigational-code-list":
                     listed_vs = vs
                 elif tests_vs is None:
                     tests_vs = vs
-    required = {"investigational", "retired", "fep", "other-policy", "no-active-coverage"}
-    if missing := required - templates.keys():
+    if missing := set(CARD_TEMPLATES) - templates.keys():
         raise KnowledgeError(plan.name, f"missing actions {sorted(missing)}")
     if listed_vs is None or tests_vs is None:
-        raise KnowledgeError(plan.name, "actions must name the code list (investigational) and the "
+        raise KnowledgeError(plan.name, "actions must name the code list (investigational-code-list) and the "
                              "liquid-biopsy test ValueSet in input.codeFilter.valueSet")
 
-    # --- the code list with its history
+    # --- code systems as EHRs send them (NamingSystem), the code list with its history
+    aliases = _code_system_aliases([a for a in artifacts if a.raw["resourceType"] == "NamingSystem"])
     listed: dict[str, ListedCode] = {}
     cpt_system = ""
     for inc in listed_vs.raw.get("compose", {}).get("include", []):
@@ -256,13 +277,26 @@ def build_knowledge(artifacts: list[Artifact], canonical_base: str) -> Knowledge
                                       tuple(ext_values(concept, ext + "related-policy")))
     for problem in membership_problems(listed):
         raise KnowledgeError(listed_vs.name, problem)
+    if cpt_system not in aliases:
+        raise KnowledgeError(listed_vs.name, f"code system {cpt_system} has no NamingSystem")
 
-    other_codes: set[str] = set()
+    judged_codes: set[str] = set(listed)
     for inc in tests_vs.raw.get("compose", {}).get("include", []):
         for vs_url in inc.get("valueSet", []):
             index.resolve(vs_url, tests_vs, "ValueSet")
-        other_codes.update(c["code"].strip().upper() for c in inc.get("concept", []))
-    keywords = tuple(k.lower() for k in ext_values(tests_vs.raw, ext + "recognition-keyword"))
+        judged_codes.update(c["code"].strip().upper() for c in inc.get("concept", []))
+
+    # --- the test catalogue (must agree with the tests ValueSet)
+    catalogue_cs = _one([a for a in dependency("CodeSystem") if _is_catalogue(a)], plan, "test catalogue CodeSystem")
+    catalogue, tests_by_code = _catalogue(catalogue_cs, aliases)
+    for test in catalogue:
+        for system, code in test.codes:
+            if system == aliases[cpt_system] and test.is_liquid_biopsy and code not in judged_codes:
+                raise KnowledgeError(tests_vs.name, f"{code} ({test.display}) is a liquid biopsy in "
+                                     f"{catalogue_cs.name} but not in this ValueSet")
+            if system == aliases[cpt_system] and not test.is_liquid_biopsy and code in judged_codes - set(listed):
+                raise KnowledgeError(tests_vs.name, f"{code} is in this ValueSet but {catalogue_cs.name} says "
+                                     f"{test.display} is not a ctDNA/CTC cancer test")
 
     # --- the routing ConceptMap names the policy and purpose code systems
     concept_map = _one(dependency("ConceptMap"), plan, "routing ConceptMap")
@@ -272,16 +306,14 @@ def build_knowledge(artifacts: list[Artifact], canonical_base: str) -> Knowledge
     if len(purpose_sources) != 1:
         raise KnowledgeError(concept_map.name, "exactly one group must map from the purpose CodeSystem")
     purpose_cs = index.resolve(purpose_sources[0], concept_map, "CodeSystem")
-    service_cs = _one([a for a in dependency("CodeSystem") if a not in (policy_cs, purpose_cs)], plan,
+    service_cs = _one([a for a in dependency("CodeSystem") if a not in (policy_cs, purpose_cs, catalogue_cs)], plan,
                       "service CodeSystem (override and coverage reasons)")
 
     policies: dict[str, Policy] = {}
     for c in policy_cs.raw.get("concept", []):
-        props = {p["code"]: next(v for k, v in p.items() if k.startswith("value")) for p in c.get("property", [])}
+        props = {k: v[0] for k, v in _props(c).items()}
         label = (c.get("designation") or [{}])[0].get("value", c["code"])
-        if not props.get("url"):
-            raise KnowledgeError(policy_cs.name, f"policy {c['code']} has no url property")
-        policies[c["code"]] = Policy(c["code"], label, c.get("display", ""), props["url"],
+        policies[c["code"]] = Policy(c["code"], label, c.get("display", ""), props.get("url", ""),
                                      props.get("relationship", ""))
     for ra in by_role.get("cross-reference", []):
         match = next((p for p in policies.values() if p.label == ra.get("label")), None)
@@ -294,46 +326,217 @@ def build_knowledge(artifacts: list[Artifact], canonical_base: str) -> Knowledge
             if p not in policies:
                 raise KnowledgeError(listed_vs.name, f"{code.code} names related policy {p}, not in {policy_cs.name}")
 
-    purpose_display = {c["code"]: c.get("display", c["code"]) for c in purpose_cs.raw.get("concept", [])}
+    purposes = {}
+    for c in purpose_cs.raw.get("concept", []):
+        props = _props(c)
+        purposes[c["code"]] = Purpose(c["code"], c.get("display", c["code"]),
+                                      bool(props.get("reviewed-by-mp-2-267", [False])[0]),
+                                      bool(props.get("selects-targeted-treatment", [False])[0]),
+                                      str(props.get("analyte", [""])[0]))
+    for test in catalogue:
+        if test.use is not None and test.use not in purposes:
+            raise KnowledgeError(catalogue_cs.name, f"{test.id}: use {test.use!r} is not in {purpose_cs.name}")
     routes_by_category, routes_by_purpose, icd_system = _routes(concept_map, purpose_cs, policy_cs, policies,
-                                                                 purpose_display, ext)
+                                                                 {k: p.display for k, p in purposes.items()}, ext)
+    icd_system = aliases.get(icd_system, icd_system)
+    procedure_systems = frozenset(set(aliases.values()) - {icd_system})  # CPT and HCPCS, as NamingSystems say
 
     groups = {c["code"]: c.get("concept", []) for c in service_cs.raw.get("concept", [])}
     override_reasons = tuple(Coding(service_cs.url or "", c["code"], c.get("display", ""))
                              for c in groups.get("override-reason", []))
-    coverage_reasons = {c["code"]: Coding(service_cs.url or "", c["code"], c.get("display", ""))
-                        for c in groups.get("coverage-reason", [])}
-    for needed in ("investigational-policy", "policy-retired-delegated"):
-        if needed not in coverage_reasons:
-            raise KnowledgeError(service_cs.name, f"coverage-reason {needed!r} is missing")
+    reasons = _reasons(service_cs, groups.get("coverage-reason", []))
+    if missing := set(REASONS) - reasons.keys():
+        raise KnowledgeError(service_cs.name, f"coverage-reason {sorted(missing)} missing")
+
+    # --- who the endpoint serves: payers (tagged Organizations) and product variations (tagged InsurancePlans)
+    tag_system = service_cs.url or ""
+    tagged = [a for a in artifacts
+              if a.raw["resourceType"] == "Organization" and _tagged(a, tag_system, "served-payer")]
+    tagged.sort(key=lambda a: "partOf" in a.raw)  # the parent company (part of no other) first
+    payers = tuple(_payer(a) for a in tagged)
+    if not payers:
+        raise KnowledgeError("fhir_profiles", "no Organization is tagged served-payer: the endpoint would serve nobody")
+    plan_ref = next(ext_values(fep, ext + "variation-plan"), None)
+    variation_plan = next((a for a in artifacts if a.raw["resourceType"] == "InsurancePlan"
+                           and isinstance(plan_ref, dict)
+                           and plan_ref.get("reference") == f"InsurancePlan/{a.raw['id']}"), None)
+    if variation_plan is None or not _tagged(variation_plan, tag_system, "product-variation"):
+        raise KnowledgeError(plan.name, "the product-variation relatedArtifact needs a variation-plan reference to an "
+                             "InsurancePlan tagged product-variation")
+    manual = Link(fep.get("label", ""), fep["url"])
+    variations = (_variation(variation_plan, manual),)
+
+    keywords = {kind: tuple(ext_values(tests_vs.raw, ext + kind)) for kind in
+                ("recognition-keyword", "ambiguous-keyword", "non-cancer-keyword", "cancer-context-keyword")}
+    test_by_name = {name: t for t in catalogue for name in t.names}
+    payer_by_name = {name: p for p in payers for name in p.names}
+    variation_by_name = {name: v for v in variations for name in v.names}
+    lexicon = Lexicon(
+        test_names=Phrases.of(test_by_name), test_by_name=test_by_name,
+        recognition=Phrases.of(keywords["recognition-keyword"]), ambiguous=Phrases.of(keywords["ambiguous-keyword"]),
+        non_cancer=Phrases.of(keywords["non-cancer-keyword"]),
+        cancer_context=Phrases.of(keywords["cancer-context-keyword"]),
+        payer_names=Phrases.of(payer_by_name), payer_by_name=payer_by_name,
+        variation_names=Phrases.of(variation_by_name), variation_by_name=variation_by_name,
+    )
 
     return Knowledge(
         policy_label=policy_label,
         policy_title=pd.get("title", ""),
         policy_version=pd.get("version", ""),
         publisher=pd.get("publisher", ""),
-        policy_link=Link(policy_doc.get("display", policy_label), policy_doc["url"]),
+        policy_link=Link(policy_doc.get("display", policy_label), policy_doc.get("url", "")),
+        policy_library=Link(library.get("label", ""), library["url"]),
         retirement=last_day + timedelta(days=1),
-        code_system_cpt=cpt_system,
-        code_systems_accepted=terminology.PROCEDURE_CODE_SYSTEMS | {cpt_system},
+        code_system_cpt=aliases[cpt_system],
+        code_system_aliases=aliases,
+        procedure_systems=procedure_systems,
         listed=listed,
-        other_liquid_biopsy_codes=frozenset(other_codes),
-        recognition_keywords=keywords,
+        catalogue=catalogue,
+        tests_by_code=tests_by_code,
+        judged_codes=frozenset(judged_codes),
+        lexicon=lexicon,
         policies=policies,
         routes_by_category=routes_by_category,
         routes_by_purpose=routes_by_purpose,
         purpose_system=purpose_cs.url or "",
-        purpose_display=purpose_display,
+        purposes=purposes,
         icd10_system=icd_system,
-        fep_manual=Link(fep.get("label", ""), fep["url"]),
         successor=Link(successor.get("label", ""), successor["url"]),
-        plan_match_keywords=tuple(ext_values(pd, ext + "plan-match-keyword")),
+        payers=payers,
+        variations=variations,
         templates=templates,
         override_reasons=override_reasons,
-        coverage_reasons=coverage_reasons,
+        reasons=reasons,
         artifact_digest=digest(artifacts),
         canonical_base=base,
     )
+
+
+# Card templates and verdict reasons the service renders; the artifacts must define each.
+CARD_TEMPLATES = (
+    "investigational-code-list", "investigational-policy-statement", "policy-retired-delegated",
+    "other-policy-governs", "use-not-addressed", "use-not-stated", "product-variation-manual", "no-active-coverage",
+    "technical", "date-of-service-spans-change", "remove-order", "no-coverage-found",
+    "coverage-not-established",
+)
+REASONS = (
+    "investigational-code-list", "investigational-policy-statement", "policy-retired-delegated",
+    "other-policy-governs", "use-not-addressed", "use-not-stated", "product-variation-manual", "no-active-coverage",
+    "technical", "date-of-service-spans-change",
+)
+
+
+def with_deployment_payers(knowledge: Knowledge, names: tuple[str, ...] = (), identifiers: tuple[str, ...] = (),
+                           variation_names: tuple[str, ...] = ()) -> Knowledge:
+    """The knowledge with a deployment's extra names and identifiers (system|value) for the served
+    payer (the parent company: the Organization no other is part of) and for the product variation."""
+    if not (names or identifiers or variation_names):
+        return knowledge
+    parent = knowledge.payers[0]
+    extra_ids = set()
+    for item in identifiers:
+        system, sep, value = item.partition("|")
+        if not sep or not value.strip():
+            raise ValueError(f"setting PAYER_IDENTIFIERS: {item!r} is not system|value")
+        extra_ids.add((system.strip(), value.strip()))
+    payer = replace(parent, names=tuple(dict.fromkeys([*parent.names, *names])),
+                    identifiers=parent.identifiers | extra_ids)
+    payers = (payer, *knowledge.payers[1:])
+    variation = knowledge.variations[0]
+    variations = (replace(variation, names=tuple(dict.fromkeys([*variation.names, *variation_names]))),
+                  *knowledge.variations[1:])
+    payer_by_name = {n: p for p in payers for n in p.names}
+    variation_by_name = {n: v for v in variations for n in v.names}
+    lexicon = replace(knowledge.lexicon, payer_names=Phrases.of(payer_by_name), payer_by_name=payer_by_name,
+                      variation_names=Phrases.of(variation_by_name), variation_by_name=variation_by_name)
+    return replace(knowledge, payers=payers, variations=variations, lexicon=lexicon)
+
+
+def _code_system_aliases(naming_systems: list[Artifact]) -> dict[str, str]:
+    """Every identifier a code system is sent under (URI, urn:oid:) -> its preferred URI."""
+    aliases: dict[str, str] = {}
+    for ns in naming_systems:
+        ids = ns.raw.get("uniqueId", [])
+        preferred = [u["value"] for u in ids if u.get("preferred") and u.get("type") == "uri"]
+        if len(preferred) != 1:
+            raise KnowledgeError(ns.name, "needs exactly one preferred uri uniqueId")
+        for u in ids:
+            value = f"urn:oid:{u['value']}" if u.get("type") == "oid" else u["value"]
+            if aliases.get(value, preferred[0]) != preferred[0]:
+                raise KnowledgeError(ns.name, f"{value} is also an identifier of {aliases[value]}")
+            aliases[value] = preferred[0]
+    return aliases
+
+
+def _catalogue(cs: Artifact, aliases: dict[str, str]) -> tuple[tuple[CatalogueTest, ...],
+                                                                dict[tuple[str, str], CatalogueTest]]:
+    tests: list[CatalogueTest] = []
+    by_code: dict[tuple[str, str], CatalogueTest] = {}
+    for c in cs.raw.get("concept", []):
+        props = _props(c)
+        if not props.get("source"):
+            raise KnowledgeError(cs.name, f"{c['code']}: every test needs a source")
+        codes = tuple((aliases.get(b["system"], b["system"]), b["code"].strip().upper())
+                      for b in props.get("billing-code", []))
+        names = tuple(dict.fromkeys([c.get("display", c["code"]), *(d["value"] for d in c.get("designation", []))]))
+        test = CatalogueTest(
+            id=c["code"], display=c.get("display", c["code"]), names=names, codes=codes,
+            analyte=props["analyte"][0], tumor_informed=(props.get("tumor-informed") or [None])[0],
+            cancer=bool(props["cancer"][0]), use=(props.get("use") or [None])[0],
+            non_cancer_use=(props.get("non-cancer-use") or [None])[0],
+            categories=frozenset(str(v).upper() for v in props.get("cancer-category", [])),
+            evidence=(props.get("evidence") or [""])[0])
+        for key in codes:
+            if key in by_code:
+                raise KnowledgeError(cs.name, f"{key[1]} belongs to both {by_code[key].id} and {test.id}")
+            by_code[key] = test
+        tests.append(test)
+    return tuple(tests), by_code
+
+
+def _reasons(cs: Artifact, concepts: list[dict[str, Any]]) -> dict[str, VerdictReason]:
+    out = {}
+    for c in concepts:
+        props = _props(c)
+        try:
+            covered = Covered(props["covered"][0])
+            info = tuple(InfoNeeded(i) for i in props.get("info-needed", []))
+        except (KeyError, ValueError) as exc:
+            raise KnowledgeError(cs.name, f"coverage-reason {c['code']}: covered/info-needed must be CRD "
+                                 f"codes ({exc})") from exc
+        crd = (props.get("crd-reason") or [None])[0]
+        coding = (Coding(crd["system"], crd["code"], crd.get("display", "")) if crd
+                  else Coding(cs.url or "", c["code"], c.get("display", "")))
+        if not props.get("reason-text"):
+            raise KnowledgeError(cs.name, f"coverage-reason {c['code']} needs a reason-text")
+        out[c["code"]] = VerdictReason(c["code"], c.get("display", c["code"]), coding, covered, info,
+                                       frozenset(props.get("expires-with", [])), props["reason-text"][0])
+    return out
+
+
+def _is_catalogue(a: Artifact) -> bool:
+    """The catalogue is the CodeSystem whose concepts are tests (they have billing codes)."""
+    return any(p.get("code") == "billing-code" for p in a.raw.get("property", []))
+
+
+def _tagged(a: Artifact, system: str, code: str) -> bool:
+    return any(t.get("system") == system and t.get("code") == code for t in (a.raw.get("meta") or {}).get("tag", []))
+
+
+def _payer(a: Artifact) -> Payer:
+    raw = a.raw
+    if not raw.get("name"):
+        raise KnowledgeError(a.name, "a served payer needs a name")
+    return Payer(raw["id"], raw["name"], tuple(dict.fromkeys([raw["name"], *raw.get("alias", [])])),
+                 frozenset((i["system"], i["value"]) for i in raw.get("identifier", []) if i.get("system")))
+
+
+def _variation(a: Artifact, manual: Link) -> ProductVariation:
+    raw = a.raw
+    values = frozenset(i["value"] for p in raw.get("plan", []) for i in p.get("identifier", []))
+    return ProductVariation(raw["id"], raw.get("name", raw["id"]),
+                            tuple(dict.fromkeys([raw.get("name", raw["id"]), *raw.get("alias", [])])), values, manual)
 
 
 def membership_problems(listed: dict[str, ListedCode]) -> Iterator[str]:

@@ -1,7 +1,7 @@
 """The policy knowledge the decision core consumes: immutable, indexed, built once at start-up.
 
 Every value here comes from the FHIR artifacts in ``fhir_profiles/`` (see ``loader.py``);
-nothing in this module knows a code, a date or a policy number.
+nothing in this module knows a code, a date, a payer or a policy number.
 """
 
 from __future__ import annotations
@@ -9,18 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from cds_service.coverage_information import Code, Covered, InfoNeeded
+from cds_service.knowledge.lexicon import Phrases
 
-@dataclass(frozen=True, slots=True)
-class Coding:
-    system: str
-    code: str
-    display: str = ""
-
-    def as_fhir(self) -> dict[str, str]:
-        out = {"system": self.system, "code": self.code}
-        if self.display:
-            out["display"] = self.display
-        return out
+Coding = Code  # a Coding of the artifacts, as the verdict spells it
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +37,10 @@ class ListedCode:
     def on_list(self, day: date) -> bool:
         return any(m.contains(day) for m in self.memberships)
 
+    def changes(self) -> set[date]:
+        """Days the code joined or left the list."""
+        return {d for m in self.memberships for d in (m.joined, m.removed) if d is not None}
+
 
 def page_id(label: str) -> str:
     """The id of a policy's page on this service: 'MP 1.234' -> 'mp-1-234'."""
@@ -54,7 +50,7 @@ def page_id(label: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Link:
     label: str
-    url: str
+    url: str  # absolute URL, or "" when no public address is known (the service links its own page)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +60,7 @@ class Policy:
     number: str
     label: str
     title: str
-    url: str
+    url: str  # "" when no public address is known
     relationship: str
 
 
@@ -81,39 +77,124 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class Purpose:
+    code: str
+    display: str
+    reviewed: bool  # one of the uses the policy's evidence review covers
+    selects_targeted_treatment: bool  # the Guidelines' cancer-specific exclusions apply to it
+    analyte: str  # "ctdna", "ctc" or "" when the use is not specific to one
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueTest:
+    """One test of the catalogue: what it is, what it analyses and what it is for."""
+
+    id: str
+    display: str
+    names: tuple[str, ...]  # display and designations, as written
+    codes: tuple[tuple[str, str], ...]  # (canonical system, code)
+    analyte: str  # ctdna | ctc | non-tumor-cfdna | other
+    tumor_informed: bool | None
+    cancer: bool
+    use: str | None  # purpose code
+    non_cancer_use: str | None
+    categories: frozenset[str]  # ICD-10-CM categories of the cancer the test is specific to
+    evidence: str
+
+    @property
+    def is_liquid_biopsy(self) -> bool:
+        """A ctDNA or CTC cancer test: the kind the policy judges."""
+        return self.cancer and self.analyte in ("ctdna", "ctc")
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictReason:
+    """A reason a verdict can give, with the CRD values a verdict with that reason carries."""
+
+    code: str
+    display: str
+    coding: Code  # the reason Coding sent (CRD's own code where CRD defines one)
+    covered: Covered
+    info_needed: tuple[InfoNeeded, ...]
+    expires_with: frozenset[str]  # code-list | policy | coverage
+    text: str  # reason-text template
+
+
+@dataclass(frozen=True, slots=True)
+class Payer:
+    """An organisation whose members' coverages this endpoint answers for."""
+
+    id: str
+    name: str
+    names: tuple[str, ...]  # name and aliases
+    identifiers: frozenset[tuple[str, str]]  # (system, value)
+
+
+@dataclass(frozen=True, slots=True)
+class ProductVariation:
+    """A plan the policy does not apply to; its own manual governs (the FEP)."""
+
+    id: str
+    name: str
+    names: tuple[str, ...]
+    plan_identifiers: frozenset[str]  # values that identify the plan in Coverage.class (enrollment codes)
+    manual: Link
+
+
+@dataclass(frozen=True, slots=True)
 class CardTemplate:
     action_id: str
     summary: str
     detail: str
-    card_type: Coding
+    card_type: Code
     priority: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
+class Lexicon:
+    """The compiled phrase sets recognition uses."""
+
+    test_names: Phrases
+    test_by_name: dict[str, CatalogueTest]
+    recognition: Phrases
+    ambiguous: Phrases
+    non_cancer: Phrases
+    cancer_context: Phrases
+    payer_names: Phrases
+    payer_by_name: dict[str, Payer]
+    variation_names: Phrases
+    variation_by_name: dict[str, ProductVariation]
+
+
+@dataclass(frozen=True)
 class Knowledge:
     policy_label: str
     policy_title: str
     policy_version: str
     publisher: str
-    policy_link: Link
+    policy_link: Link  # the policy document (url "" when no public address is known)
+    policy_library: Link
     retirement: date  # first day the policy no longer applies
     code_system_cpt: str
-    code_systems_accepted: frozenset[str]
+    code_system_aliases: dict[str, str]  # every URI/OID a code system is sent under -> its canonical URI
+    procedure_systems: frozenset[str]  # canonical CPT and HCPCS
     listed: dict[str, ListedCode]
-    other_liquid_biopsy_codes: frozenset[str]
-    recognition_keywords: tuple[str, ...]
+    catalogue: tuple[CatalogueTest, ...]
+    tests_by_code: dict[tuple[str, str], CatalogueTest]
+    judged_codes: frozenset[str]  # procedure codes of the liquid-biopsy tests (tests ValueSet)
+    lexicon: Lexicon
     policies: dict[str, Policy]
     routes_by_category: dict[str, tuple[Route, ...]]
     routes_by_purpose: dict[str, tuple[Route, ...]]
     purpose_system: str
-    purpose_display: dict[str, str]
+    purposes: dict[str, Purpose]
     icd10_system: str
-    fep_manual: Link
     successor: Link
-    plan_match_keywords: tuple[str, ...]
+    payers: tuple[Payer, ...]
+    variations: tuple[ProductVariation, ...]
     templates: dict[str, CardTemplate]
-    override_reasons: tuple[Coding, ...]
-    coverage_reasons: dict[str, Coding]
+    override_reasons: tuple[Code, ...]
+    reasons: dict[str, VerdictReason]
     artifact_digest: str
     canonical_base: str
 
@@ -121,10 +202,12 @@ class Knowledge:
     def last_day_in_force(self) -> date:
         return self.retirement - timedelta(days=1)
 
+    @property
+    def purpose_display(self) -> dict[str, str]:
+        return {code: p.display for code, p in self.purposes.items()}
+
     def listed_on(self, day: date) -> frozenset[str]:
         """Codes on the investigational list on ``day`` (empty once the policy is retired)."""
-        if day >= self.retirement:
-            return frozenset()
         return frozenset(c for c in self.listed if self.is_listed(c, day))
 
     def is_listed(self, code: str, day: date) -> bool:
@@ -132,5 +215,5 @@ class Knowledge:
         entry = self.listed.get(code)
         return entry is not None and day < self.retirement and entry.on_list(day)
 
-    def is_liquid_biopsy_code(self, code: str) -> bool:
-        return code in self.listed or code in self.other_liquid_biopsy_codes
+    def canonical_system(self, system: str) -> str:
+        return self.code_system_aliases.get(system.strip(), system.strip())

@@ -13,7 +13,7 @@ from cds_service.auth import AuthError, Client
 from cds_service.intake import RequestError
 from cds_service.observability import AUTH_FAILURES, LATENCY, REQUESTS, hook_instance
 from cds_service.services import discovery
-from cds_service.web.responses import current_engine, json_response, operation_outcome
+from cds_service.web.responses import current_pipeline, json_response, operation_outcome
 
 bp = Blueprint("cds_hooks", __name__)
 log = logging.getLogger("cds_service.requests")
@@ -69,7 +69,7 @@ def _observe(response: Response) -> Response:
 
 def _authenticate() -> Client | None:
     """The calling client, when trusted issuers are configured; checked before anything is read."""
-    verifier = current_engine().verifier
+    verifier = current_pipeline().verifier
     if verifier is None:
         return None  # unauthenticated local development (see README)
     base = current_app.config["PUBLIC_BASE_URL"].rstrip("/") or request.host_url.rstrip("/")
@@ -80,22 +80,22 @@ def _authenticate() -> Client | None:
 def list_services() -> Response:
     body = current_app.extensions.get("cds_discovery")
     if body is None:  # the services do not change while the app runs: serialise them once
-        body = current_app.extensions["cds_discovery"] = orjson.dumps(discovery(current_engine().services))
+        body = current_app.extensions["cds_discovery"] = orjson.dumps(discovery(current_pipeline().services))
     return Response(body, mimetype="application/json")
 
 
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
-    engine = current_engine()
+    engine = current_pipeline()
     client = _authenticate()
     if service_id not in engine.services:
         return operation_outcome(404, f"No CDS service with id '{service_id}'")
-    return json_response(engine.handle_hook(service_id, _read_json(), client))
+    return json_response(engine.handle_hook(service_id, _read_json(), client, request.host_url))
 
 
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> Response:
-    engine = current_engine()
+    engine = current_pipeline()
     client = _authenticate()
     if service_id not in engine.services:
         return operation_outcome(404, f"No CDS service with id '{service_id}'")
@@ -106,7 +106,7 @@ def feedback(service_id: str) -> Response:
 @bp.get("/coverage-assertions/<assertion_id>")
 def coverage_assertion(assertion_id: str) -> Response:
     _authenticate()
-    row = current_engine().store.assertion(assertion_id)
+    row = current_pipeline().store.assertion(assertion_id)
     if row is None:
         return operation_outcome(404, f"No coverage assertion with id '{assertion_id}'")
     return json_response({str(k): (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()})

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-from flask import Blueprint, Response, abort, render_template, send_from_directory
+import orjson
+from flask import Blueprint, Response, abort, current_app, render_template, send_from_directory
 from sqlalchemy import text
 
 from cds_service.knowledge.model import Knowledge
 from cds_service.knowledge.model import page_id as policy_page_id
 from cds_service.observability import metrics_payload
+from cds_service.services import ServiceDeclaration
 from cds_service.store import SchemaOutOfDate
-from cds_service.web.responses import current_engine, json_response, operation_outcome
+from cds_service.web.responses import current_pipeline, json_response, operation_outcome
 
 bp = Blueprint("ops", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 
@@ -25,7 +30,7 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    engine = current_engine()
+    engine = current_pipeline()
     try:
         with engine.store.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -38,12 +43,25 @@ def readyz() -> Response:
                   "policy": engine.knowledge.policy_label, "policyVersion": engine.knowledge.policy_version})
 
 
-OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()
+OPENAPI = Path(__file__).parent / "openapi.json"
+
+
+def openapi_document(services: Iterable[ServiceDeclaration]) -> dict[str, Any]:
+    """The OpenAPI document, with the service ids and hooks taken from the service declarations."""
+    doc: dict[str, Any] = json.loads(OPENAPI.read_text())
+    declared = list(services)
+    doc["components"]["parameters"]["serviceId"]["schema"]["enum"] = [s.id for s in declared]
+    doc["components"]["schemas"]["HookRequest"]["properties"]["hook"]["enum"] = sorted({s.hook for s in declared})
+    return doc
 
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    return Response(OPENAPI, mimetype="application/json")
+    body = current_app.extensions.get("cds_openapi")
+    if body is None:  # built once: the declarations do not change while the app runs
+        body = current_app.extensions["cds_openapi"] = orjson.dumps(
+            openapi_document(current_pipeline().services.values()))
+    return Response(body, mimetype="application/json")
 
 
 @bp.get("/metrics")
@@ -57,13 +75,13 @@ def metrics() -> Response:
 
 @bp.get("/policies/")
 def policy_index() -> str:
-    k = current_engine().knowledge
+    k = current_pipeline().knowledge
     return render_template("policy_index.html", k=k, page_id=policy_page_id)
 
 
 @bp.get("/policies/<page_id>")
 def policy_page(page_id: str) -> str:
-    k = current_engine().knowledge
+    k = current_pipeline().knowledge
     if page_id == policy_page_id(k.policy_label):
         return render_template("policy_main.html", k=k, page_id=policy_page_id, history=_history(k))
     policy = next((p for p in k.policies.values() if policy_page_id(p.label) == page_id), None)
@@ -95,13 +113,14 @@ def playground() -> Response:
 @bp.get("/playground/options")
 def playground_options() -> Response:
     """What the playground offers: tests, diagnoses and plans, all from the knowledge artifacts."""
-    engine = current_engine()
+    engine = current_pipeline()
     k = engine.knowledge
     tests = [{"code": c.code, "display": c.display, "listedCode": True,
               "history": "; ".join(m.source for m in c.memberships)} for c in sorted(k.listed.values(),
                                                                                  key=lambda c: c.code)]
-    tests += [{"code": code, "display": "", "listedCode": False, "history": ""}
-              for code in sorted(k.other_liquid_biopsy_codes)]
+    tests += [{"code": code, "display": t.display, "listedCode": False, "history": ""}
+              for t in k.catalogue if t.is_liquid_biopsy for system, code in t.codes
+              if system == k.code_system_cpt and code not in k.listed]
     diagnoses = [{"code": cat, "display": routes[0].use, "system": k.icd10_system}
                  for cat, routes in sorted(k.routes_by_category.items())]
     services = {s.hook: s.id for s in engine.services.values()}
@@ -111,9 +130,8 @@ def playground_options() -> Response:
         "secondaryDiagnoses": sorted({c for rs in k.routes_by_category.values() for r in rs
                                       for c in r.requires_categories}),
         "plans": [
-            {"id": "commercial", "label": f"{engine.payer_label} commercial plan", "planName": "PPO"},
-            {"id": "fep", "label": "Federal Employee Program (FEP)",
-             "planName": f"{engine.plan_keywords[0]} Blue Standard"},
+            {"id": "commercial", "label": f"{k.publisher} commercial plan", "planName": "PPO"},
+            {"id": "fep", "label": k.variations[0].name, "planName": k.variations[0].name},
             {"id": "none", "label": "No active coverage", "planName": ""},
         ],
         "codeSystem": k.code_system_cpt,

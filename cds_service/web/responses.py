@@ -11,7 +11,7 @@ import orjson
 from flask import Flask, Response, current_app
 from werkzeug.exceptions import HTTPException
 
-from cds_service.pipeline import Engine
+from cds_service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +19,9 @@ ISSUE_CODE_BY_STATUS = {400: "invalid", 401: "login", 403: "forbidden", 404: "no
                         413: "too-long", 415: "not-supported", 422: "processing", 503: "transient"}
 
 
-def current_engine() -> Engine:
-    engine: Engine = current_app.extensions["cds_engine"]
-    return engine
+def current_pipeline() -> Pipeline:
+    pipeline: Pipeline = current_app.extensions["cds_pipeline"]
+    return pipeline
 
 
 def json_response(body: Any, status: int = 200) -> Response:
