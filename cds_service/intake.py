@@ -9,7 +9,7 @@ declaration); orders, conditions and coverages are read the same way for every h
 from __future__ import annotations
 
 import calendar
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Annotated, Any, NoReturn
@@ -65,7 +65,7 @@ class HookRequest:
 # ---------------------------------------------------------------- the request envelope and each hook's context
 
 
-def parse_request(body: Any, expected_hook: str) -> HookRequest:
+def parse_request(body: Any, expected_hook: str, parse_context: Callable[[HookRequest], HookRequest]) -> HookRequest:
     if not isinstance(body, dict):
         raise RequestError("The request body must be a JSON object", "$")
     hook = body.get("hook")
@@ -102,16 +102,15 @@ def parse_request(body: Any, expected_hook: str) -> HookRequest:
 
     envelope = HookRequest(hook, instance, patient.strip(), context, prefetch, fhir_server, fhir_auth,
                            configuration if isinstance(configuration, dict) else {}, version, ())
-    parse_context = CONTEXT_PARSERS[hook]
     return parse_context(envelope)
 
 
-def _order_sign(request: HookRequest) -> HookRequest:
+def order_sign_context(request: HookRequest) -> HookRequest:
     entries = _draft_entries(request.context)
     return _with_orders(request, [OrderSource(r, where, True) for r, where in _service_requests(entries)], entries)
 
 
-def _order_select(request: HookRequest) -> HookRequest:
+def order_select_context(request: HookRequest) -> HookRequest:
     entries = _draft_entries(request.context)
     selections = request.context.get("selections")
     if not (isinstance(selections, list) and selections and all(isinstance(s, str) for s in selections)):
@@ -121,7 +120,7 @@ def _order_select(request: HookRequest) -> HookRequest:
     return _with_orders(request, chosen, entries)
 
 
-def _order_dispatch(request: HookRequest) -> HookRequest:
+def order_dispatch_context(request: HookRequest) -> HookRequest:
     context = request.context
     refs = context.get("dispatchedOrders")
     if refs is None and isinstance(context.get("order"), str):
@@ -148,9 +147,6 @@ def _order_dispatch(request: HookRequest) -> HookRequest:
     missing = tuple(r for r in dict.fromkeys(wanted) if r not in found and r.startswith("ServiceRequest/"))
     request = _with_orders(replace(request, context=context), orders, [])
     return replace(request, dispatched=tuple(wanted), missing_orders=missing, performer=performer.strip())
-
-
-CONTEXT_PARSERS = {"order-sign": _order_sign, "order-select": _order_select, "order-dispatch": _order_dispatch}
 
 
 def _draft_entries(context: dict[str, Any]) -> list[Any]:
@@ -422,7 +418,7 @@ def date_window(resource: dict[str, Any], today: date) -> DateWindow:
         bounds = (timing.get("repeat") or {}).get("boundsPeriod")
         if isinstance(bounds, dict) and (bounds.get("start") or bounds.get("end")):
             return _period_window(bounds, today, "the order's occurrenceTiming bounds")
-    return DateWindow(today, None, "the order gives no date of service", False)
+    return DateWindow(today, None, "the order has no occurrence[x]", False)
 
 
 def _period_window(period: dict[str, Any], today: date, basis: str) -> DateWindow:

@@ -88,7 +88,7 @@ class Pipeline:
         started = time.perf_counter()
         deadline = time.monotonic() + self.fhir.budget_seconds  # for everything fetched in this call
         service = self.services[service_id]
-        request = parse_request(body, service.hook)
+        request = parse_request(body, service.hook, service.context)
         hook_instance.set(request.hook_instance)
         iss = client.iss if client else ""
         retry_key = _digest(f"{iss}\n{request.hook_instance}")
@@ -102,7 +102,8 @@ class Pipeline:
         today = self.today()
         ctx = Context(today, (self.public_base_url or base_url).rstrip("/"))
 
-        request = self._complete_orders(request, client, deadline)
+        if DISPATCHED_ORDERS in service.prefetch:
+            request = self._complete_orders(request, client, deadline)
         conditions = ConditionIndex(request.resources)
         patient_categories = conditions.categories(self.knowledge)
         judgements: list[OrderJudgement] = []

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cds_service import terminology
-from cds_service.intake import HookRequest
+from cds_service.intake import HookRequest, order_dispatch_context, order_select_context, order_sign_context
 from cds_service.knowledge import Knowledge
 
 Search = Callable[[HookRequest], tuple[str, dict[str, str]] | None]
@@ -20,7 +20,6 @@ class Prefetch:
     key: str
     template: str  # as discovery declares it
     search: Search  # the FHIR search that stands in when the key is missing, null or an OperationOutcome
-    needed: str  # "judged" (only when some order is judged) or "always"
 
 
 def _coverage_search(request: HookRequest) -> tuple[str, dict[str, str]]:
@@ -32,11 +31,12 @@ def _dispatched_search(request: HookRequest) -> tuple[str, dict[str, str]] | Non
     return ("ServiceRequest", {"_id": ",".join(ids)}) if ids else None
 
 
-COVERAGE = Prefetch("coverage", "Coverage?patient={{context.patientId}}&status=active", _coverage_search, "judged")
+# Read only when some order is judged (nobody's coverage is read for a blood count).
+COVERAGE = Prefetch("coverage", "Coverage?patient={{context.patientId}}&status=active", _coverage_search)
 # The IG's standard order-dispatch prefetch (FHIRPath-in-token, CRD found-23).
 DISPATCHED_ORDERS = Prefetch(
     "serviceRequests", "ServiceRequest?_id={{context.dispatchedOrders.resolve().ofType(ServiceRequest).id}}",
-    _dispatched_search, "always")
+    _dispatched_search)
 
 # CRD configuration options (dev-4/dev-5): one per card type the services return, codes from the
 # card-type code system. coverage-info also governs the coverage-information system actions.
@@ -58,6 +58,7 @@ class ServiceDeclaration:
     hook: str
     title: str
     description: str
+    context: Callable[[HookRequest], HookRequest]  # reads the hook's context (and its orders) from the request
     prefetch: tuple[Prefetch, ...]
     primary: bool  # CRD primary hook: a coverage-information system action for every judged order
 
@@ -74,14 +75,14 @@ def declarations(knowledge: Knowledge) -> dict[str, ServiceDeclaration]:
     services = (
         ServiceDeclaration("liquid-biopsy-order-sign", "order-sign", "Liquid biopsy coverage (order-sign)",
                            f"Checks signed {subject}; returns CRD coverage information and cards.",
-                           (COVERAGE,), primary=True),
+                           order_sign_context, (COVERAGE,), primary=True),
         ServiceDeclaration("liquid-biopsy-order-select", "order-select", "Liquid biopsy coverage (order-select)",
                            f"Checks the selected {subject} while the clinician is still choosing.",
-                           (COVERAGE,), primary=False),
+                           order_select_context, (COVERAGE,), primary=False),
         ServiceDeclaration("liquid-biopsy-order-dispatch", "order-dispatch", "Liquid biopsy coverage (order-dispatch)",
                            f"Checks dispatched {subject} when a performing laboratory is chosen; returns CRD "
                            "coverage information.",
-                           (COVERAGE, DISPATCHED_ORDERS), primary=True),
+                           order_dispatch_context, (COVERAGE, DISPATCHED_ORDERS), primary=True),
     )
     return {s.id: s for s in services}
 

@@ -158,6 +158,7 @@ def test_case(services: Any, case: dict[str, Any]) -> None:
         assert service.card_templates(body["hookInstance"]) == expect["cards"], [c["summary"] for c in answer["cards"]]
     if "system_actions" in expect:
         assert len(answer.get("systemActions", [])) == expect["system_actions"]
+    _cards_agree_with_verdicts(service.card_templates(body["hookInstance"]), answer)
     summaries = " ".join(c["summary"] for c in answer["cards"])
     details = " ".join(c.get("detail", "") for c in answer["cards"])
     for phrase in expect.get("summary_has", []):
@@ -166,6 +167,28 @@ def test_case(services: Any, case: dict[str, Any]) -> None:
         assert phrase in details + summaries, details
     for phrase in expect.get("detail_lacks", []):
         assert phrase not in details + summaries, details
+
+
+WARNINGS = {"investigational-code-list", "investigational-policy-statement"}
+
+
+def _cards_agree_with_verdicts(templates: list[str], answer: dict[str, Any]) -> None:
+    """No card contradicts the verdict: a warning that the test is not covered comes with a not-covered
+    verdict (or with none at all, in sandbox mode); a card whose template names a verdict reason comes
+    with a verdict of that reason, and no card says 'not covered' beside verdicts that do not."""
+    verdicts = _verdicts(answer)
+    reasons = {v["reason"] for v in verdicts}
+    covered = {v["covered"] for v in verdicts}
+    for template, card in zip(templates, answer["cards"], strict=True):
+        if template in WARNINGS:
+            assert card["indicator"] == "warning"
+            assert not verdicts or "not-covered" in covered, (template, verdicts)
+        if verdicts and template in {"policy-retired-delegated", "other-policy-governs", "use-not-addressed",
+                                     "use-not-stated", "product-variation-manual", "technical",
+                                     "date-of-service-spans-change", *WARNINGS}:
+            assert template in reasons, (template, reasons)
+        if verdicts and "not-covered" not in covered:
+            assert "not covered" not in (card["summary"] + card.get("detail", "")).lower(), card
 
 
 def _verdicts(answer: dict[str, Any]) -> list[dict[str, Any]]:

@@ -489,3 +489,26 @@ def test_conditions_in_prefetch_decide_metastatic_colorectal_cancer(cds: LiveSer
          "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C78.7"}]}})
     body = cds.call(hook_request(order, prefetch={"conditions": conditions}))
     assert "MP 2.316" in body["cards"][0]["summary"]
+
+
+# ---------------------------------------------------------------- payers are configurable per deployment
+
+
+def test_deployment_settings_extend_who_the_payer_and_the_fep_are(service_factory: Any) -> None:
+    svc = service_factory(PAYER_NAMES="CapBlue Health Plans", PAYER_IDENTIFIERS="http://x12.org/payer-id|99999",
+                          PLAN_MATCH_KEYWORDS="Fed Blue Local")
+    order = service_request("0530U", "2025-03-03")
+    by_name = svc.call(hook_request(order, coverages=(coverage(payor="CapBlue Health Plans"),)))
+    assert coverage_info(by_name)[0]["covered"]["valueCode"] == "not-covered"
+    by_id = {**coverage(payor=None), "payor": [{"identifier": {"system": "http://x12.org/payer-id", "value": "99999"}}]}
+    assert coverage_info(svc.call(hook_request(order, coverages=(by_id,))))[0]["covered"]["valueCode"] == "not-covered"
+    fep = svc.call(hook_request(order, coverages=(coverage(plan="Fed Blue Local"),)))
+    assert coverage_info(fep)[0]["reason"]["valueCodeableConcept"]["coding"][0]["code"] == "product-variation-manual"
+    # without the settings, the same names are another payer's
+    assert service_factory().call(hook_request(order, coverages=(coverage(payor="CapBlue Health Plans"),)),
+                                  expect=400)
+
+
+def test_bad_payer_identifier_setting_stops_start_up(service_factory: Any) -> None:
+    with pytest.raises(ValueError, match="PAYER_IDENTIFIERS"):
+        service_factory(PAYER_IDENTIFIERS="no-bar")

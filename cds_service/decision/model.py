@@ -27,7 +27,7 @@ class DateWindow:
 
     def describe(self) -> str:
         if not self.stated:
-            return f"not given (judged for dates from {self.start.isoformat()} on)"
+            return f"not given: judged for any date from {self.start.isoformat()} on"
         if self.end is None or self.end == self.start:
             return self.start.isoformat()
         return f"{self.start.isoformat()} to {self.end.isoformat()}"

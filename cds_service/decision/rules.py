@@ -10,7 +10,7 @@ period) is ``conditional`` with ``info-needed: timeframe`` instead of a guess.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
 from cds_service import terminology
@@ -71,6 +71,10 @@ def judge(order: Order, knowledge: Knowledge,
         return None
     use = use_of(order, recognition, knowledge)
     routes = governing_routes(order, recognition, use, knowledge, patient_categories)
+    if use.basis == "diagnosis" and routes:  # the Guidelines exclude selecting targeted treatment in these cancers
+        excluded = "; ".join(dict.fromkeys(r.use.lower() for r in routes))
+        use = replace(use, description=f"selecting targeted treatment in {excluded}",
+                      short=f"targeted treatment in {routes[0].use.lower()}")
     draft = OrderJudgement(order, recognition, use, routes, None, ())
     segments = segments_over(order, lambda day: policy_reason(draft, day, knowledge), _policy_changes(draft, knowledge))
     if all(s.reason is None for s in segments):
@@ -85,12 +89,12 @@ def use_of(order: Order, recognition: Recognition, knowledge: Knowledge) -> Use:
     if stated:
         return _use(stated, "stated", "stated in the order", knowledge)
     if test is not None and test.use is not None:
-        return _use((test.use,), "test", f"the use {test.display} is made for (the order states none)", knowledge)
+        return _use((test.use,), "test", f"the use {test.display} is made for; the order states none", knowledge)
     cancers = [d for d in order.diagnoses if d.category.startswith(terminology.NEOPLASM_CATEGORY_PREFIXES)]
     if cancers:
         names = "; ".join(dict.fromkeys(f"{d.display} ({d.code})" if d.display else d.code for d in cancers))
-        return Use((), "diagnosis", f"testing in {names}", f"testing in {cancers[0].display or cancers[0].code}",
-                   f"inferred from the diagnosis {cancers[0].code} (the order states no purpose)", True)
+        return Use((), "diagnosis", f"ctDNA/CTC testing in cancer {names}", f"testing in cancer {cancers[0].code}",
+                   f"inferred from the diagnosis {cancers[0].code}; the order states no purpose", True)
     return Use((), "none", "an unstated use", "an unstated use", "the order states neither a purpose nor a diagnosis",
                False)
 
@@ -316,7 +320,8 @@ def wording(j: OrderJudgement, knowledge: Knowledge, coverage: MemberCoverage | 
         "use_short": j.use.short,
         "use_basis": j.use.basis_words,
         "governing": " and ".join(p.label for p in governing) or "another policy",
-        "governing_sentence": " ".join(f"{p.label} ({p.title}) governs it." for p in governing),
+        "governing_sentence": " ".join(f"{p.label} ({p.title}) governs it." for p in governing[:1])
+                              + "".join(f" So does {p.label} ({p.title})." for p in governing[1:]),
         "route_basis": "; ".join(dict.fromkeys(_basis_words(r, knowledge) for r in j.routes)) or j.use.basis_words,
         "basis_sentence": "\n\n".join(dict.fromkeys(_basis_sentence(r, knowledge) for r in j.routes)),
         "segments": "\n".join(_segment_line(s, knowledge) for s in (segments or j.segments)),
