@@ -218,6 +218,52 @@ def test_two_replicas_on_one_postgres(postgres_url: str, tmp_path: Path) -> None
             r.stop()
 
 
+def test_concurrent_retries_of_one_hook_instance_on_two_replicas_are_answered_alike_and_stored_once(
+        postgres_url: str) -> None:
+    upgrade_schema(make_engine(postgres_url))
+    env = {"CDS_DATABASE_URL": postgres_url, "CDS_TODAY": "2026-11-25"}
+    replicas = [ServiceProcess(env), ServiceProcess(env)]
+    try:
+        request = hook_request(service_request("0530U", "2025-03-03"))
+
+        def send(replica: ServiceProcess) -> Any:
+            resp = requests.post(f"{replica.base}/cds-services/{SIGN}", json=request, timeout=20)
+            assert resp.status_code == 200, resp.text
+            return resp.json()
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(send, [r for r in replicas for _ in range(8)]))
+        assert all(a == answers[0] for a in answers)  # the same cards (uuids too) and the same assertion
+        assert count(postgres_url, hook_calls) == 1
+        assert count(postgres_url, coverage_assertions) == 1
+    finally:
+        for r in replicas:
+            r.stop()
+
+
+def test_upgrade_from_0001_keeps_existing_records(postgres_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from cds_service.store import MIGRATIONS
+
+    engine = make_engine(postgres_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        for _ in range(2):  # the same hookInstance twice, as the old service allowed
+            conn.execute(text("INSERT INTO hook_calls (hook_instance, service_id, received_at, latency_ms, "
+                              "decision_summary, orders) VALUES ('h-old', 's', now(), 1, 'x', '[]')"))
+    upgrade_schema(engine)
+    assert count(postgres_url, hook_calls) == 2
+    app = create_app({"DATABASE_URL": postgres_url, "TODAY": "2026-11-25"})
+    body = app.test_client().post(f"/cds-services/{SIGN}", json=hook_request(service_request("0530U", "2025-03-03")))
+    assert body.status_code == 200 and count(postgres_url, hook_calls) == 3
+    engine.dispose()
+
+
 def test_replayed_jti_rejected_by_the_other_replica(postgres_url: str, tmp_path: Path) -> None:
     upgrade_schema(make_engine(postgres_url))
     env = {"CDS_DATABASE_URL": postgres_url, "CDS_TRUSTED_ISSUERS": issuers_file(tmp_path),
