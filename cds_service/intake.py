@@ -391,6 +391,7 @@ def to_order(source: OrderSource, knowledge: Knowledge, today: date, conditions:
         diagnoses=diagnoses, purposes=purposes, status=str(resource.get("status") or ""),
         intent=str(resource.get("intent") or ""), do_not_perform=resource.get("doNotPerform") is True,
         draft=source.draft, held=held, resource=resource,
+        has_code_text=isinstance(code.get("text"), str) and bool(code["text"].strip()),
     )
 
 

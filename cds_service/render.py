@@ -127,14 +127,15 @@ def _policy_link(knowledge: Knowledge, ctx: Context) -> Link:
 
 
 def _route_note(j: OrderJudgement, knowledge: Knowledge) -> str:
-    """A listed code whose diagnosis or test points to a use another policy governs: say so, and that
-    the list decides this order (only an order's stated purpose takes it out of the list)."""
+    """A listed code whose test or diagnosis points to a use another policy governs: say so, and that the
+    list decides this order (only an order's stated purpose takes it out of the list)."""
     if not j.routes:
         return ""
-    values = wording(j, knowledge)
-    return (f"\n\nGoing by {values['use_basis']}, this test is for {values['use']}, a use {values['policy']} leaves "
-            f"to {values['governing']} ({values['route_basis']}). {values['code']} is on {values['policy']}'s list, "
-            "so the list decides this order.")
+    v = wording(j, knowledge)
+    lead = (f"{j.recognition.test.display} is made for" if j.use.basis == "test" and j.recognition.test
+            else "The order's diagnosis points to")
+    return (f"\n\n{lead} {v['use']}, a use {v['policy']} leaves to {v['governing']} ({v['route_basis']}); "
+            f"{v['code']} is on {v['policy']}'s list, so the list decides this order.")
 
 
 def _remove_order_card(j: OrderJudgement, knowledge: Knowledge, options: RenderOptions,

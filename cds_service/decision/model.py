@@ -54,6 +54,7 @@ class Order:
     intent: str
     do_not_perform: bool
     draft: bool  # a draft order of this ordering session (a suggestion may remove it)
+    has_code_text: bool = False  # the text begins with code.text, the order's own name for the test
     held: tuple[tuple[str, str, bytes], ...] = ()  # coverage-information it carries: (coverage, id, verdict)
     resource: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -212,13 +213,14 @@ class Decision:
 
 
 def test_label(order: Order, recognition: Recognition) -> str:
-    """The order's own name for the test (not re-cased), with the code when it has one: '0242U',
-    'Guardant360 CDx (0242U)', 'cfDNA panel'."""
-    named = order.text.split(" | ")[0].strip() if order.text else ""
-    if not named and recognition.test is not None:
-        named = recognition.test.display
-    if len(named) > 60:
-        named = named[:59].rstrip() + "…"
+    """The test as the order names it (code.text, never re-cased), else the catalogue's name for it, else
+    the coding's display, with the code when it has one: '0242U', 'Guardant360 CDx (0242U)', 'cfDNA panel'."""
+    parts = order.text.split(" | ") if order.text else []
+    code_text = parts[0].strip() if parts and order.has_code_text else ""
+    catalogue = recognition.test.short_name if recognition.test else ""
+    named = code_text or catalogue or (parts[0].strip() if parts else "")
+    if len(named) > 48:
+        named = named[:47].rstrip() + "…"
     code = recognition.code
     if named and code and code.lower() not in named.lower():
         return f"{named} ({code})"

@@ -102,6 +102,13 @@ class CatalogueTest:
     evidence: str
 
     @property
+    def short_name(self) -> str:
+        """The display, or a shorter name of the test when the display is long (for card summaries)."""
+        if len(self.display) <= 40:
+            return self.display
+        return next((n for n in self.names[1:] if len(n) <= 40), self.display)
+
+    @property
     def is_liquid_biopsy(self) -> bool:
         """A ctDNA or CTC cancer test: the kind the policy judges."""
         return self.cancer and self.analyte in ("ctdna", "ctc")
