@@ -10,7 +10,7 @@ from cds_service.security import unauthenticated_bind_problem
 
 bind = [b.strip() for b in os.environ.get("CDS_BIND", "127.0.0.1:8080").split(",") if b.strip()]
 workers = int(os.environ.get("CDS_WORKERS", "2"))
-threads = int(os.environ.get("CDS_THREADS", "4"))
+threads = int(os.environ.get("CDS_THREADS", "16"))
 worker_class = "gthread"
 preload_app = True  # load knowledge and migrate once, in the master, then fork (faster cold start)
 timeout = int(os.environ.get("CDS_TIMEOUT", "30"))

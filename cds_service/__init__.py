@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from cds_service.auth import TokenVerifier, load_trusted_issuers
+from cds_service.auth import KeyFetcher, TokenVerifier, load_trusted_issuers
 from cds_service.config import database_url, load_settings
 from cds_service.fhir_client import FhirClient
 from cds_service.knowledge import load_knowledge
@@ -19,6 +19,7 @@ from cds_service.knowledge.loader import with_deployment_payers
 from cds_service.pipeline import FhirAccess, Pipeline, utc_today
 from cds_service.services import declarations
 from cds_service.store import Store, make_engine, upgrade_schema
+from cds_service.web.body_reader import BodyReader
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -47,9 +48,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     verifier = None
     if settings["TRUSTED_ISSUERS"]:
         verifier = TokenVerifier(load_trusted_issuers(settings["TRUSTED_ISSUERS"]), store.remember_jti,
-                                 settings["CLOCK_SKEW_SECONDS"], settings["TOKEN_MAX_LIFETIME_SECONDS"])
+                                 settings["CLOCK_SKEW_SECONDS"], settings["TOKEN_MAX_LIFETIME_SECONDS"],
+                                 KeyFetcher(settings["JWKS_BUDGET_SECONDS"], settings["JWKS_CACHE_SECONDS"],
+                                            settings["JWKS_FAILURE_CACHE_SECONDS"]))
     fhir = FhirAccess(
-        client=FhirClient(settings["FHIR_CONNECT_TIMEOUT"], settings["FHIR_READ_TIMEOUT"]),
+        client=FhirClient(settings["FHIR_CONNECT_TIMEOUT"], settings["FHIR_MAX_IN_FLIGHT"]),
         unauthenticated_servers=tuple(u.rstrip("/") for u in _list(settings["FHIR_SERVERS"])),
         allow_http=settings["FHIR_ALLOW_HTTP"],
         budget_seconds=settings["FHIR_BUDGET_SECONDS"],
@@ -67,6 +70,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         public_base_url=settings["PUBLIC_BASE_URL"].rstrip("/"),
     )
 
+    app.wsgi_app = BodyReader(app.wsgi_app, settings["REQUEST_READ_SECONDS"],  # type: ignore[method-assign]
+                              settings["MAX_CONTENT_LENGTH"])
     CORS(app, origins=[o.strip() for o in settings["CORS_ORIGINS"].split(",")],
          allow_headers=["authorization", "content-type"], max_age=3600)
 

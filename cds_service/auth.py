@@ -15,13 +15,16 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import jwt
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from cds_service import http_fetch
 
 # Asymmetric only: never "none", never HMAC (a public key must not double as a shared secret).
 ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
@@ -77,16 +80,20 @@ class Client:
     issuer: TrustedIssuer
 
 
+# Lengths the store keeps (seen_jti.iss / .jti): longer values are refused, not truncated.
+MAX_ISS, MAX_JTI = 512, 256
+KEY_FAMILY = {"ES": ec.EllipticCurvePublicKey, "RS": rsa.RSAPublicKey, "PS": rsa.RSAPublicKey}
+
+
 class TokenVerifier:
     def __init__(self, issuers: dict[str, TrustedIssuer], remember_jti: Callable[[str, str, datetime], bool],
-                 leeway: int = 60, max_lifetime: int = 600) -> None:
+                 leeway: int = 60, max_lifetime: int = 600, keys: KeyFetcher | None = None) -> None:
         self.issuers = issuers
         self.remember_jti = remember_jti
         self.leeway = leeway
         self.max_lifetime = max_lifetime  # longest exp - now accepted; each jti is kept until its exp
-        self._clients: dict[str, jwt.PyJWKClient] = {}
+        self.keys = keys or KeyFetcher()
         self._inline = {iss: jwt.PyJWKSet.from_dict(i.jwks) for iss, i in issuers.items() if i.jwks}
-        self._lock = threading.Lock()
 
     def verify(self, authorization: str | None, audience: str) -> Client:
         scheme, _, token = (authorization or "").partition(" ")
@@ -101,27 +108,28 @@ class TokenVerifier:
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in ALGORITHMS:
             raise AuthError(f"Algorithm {alg!r} is not accepted; use one of {', '.join(ALGORITHMS)}")
-        if not isinstance(kid, str) or not kid:
+        if not isinstance(kid, str) or not kid or len(kid) > 256:
             raise AuthError("The token header needs a 'kid'")
+        _check_claim_types(unverified)
         issuer = self.issuers.get(str(unverified.get("iss")))
         if issuer is None:
             raise AuthError("The token's issuer is not trusted")
         iss = issuer.iss
         key = self._signing_key(issuer, header.get("jku"), kid)
+        if not _fits(key, alg):
+            raise AuthError(f"The key {kid!r} does not fit the token's algorithm {alg}")
         try:
             claims = jwt.decode(token, key, algorithms=[alg], audience=audience, issuer=iss, leeway=self.leeway,
                                 options={"require": ["iss", "aud", "exp", "iat", "jti"]})
         except jwt.ExpiredSignatureError as exc:
             raise AuthError("The token has expired") from exc
         except jwt.ImmatureSignatureError as exc:
-            raise AuthError("The token's iat is in the future") from exc
+            raise AuthError("The token's iat or nbf is in the future") from exc
         except jwt.InvalidAudienceError as exc:
             raise AuthError(f"The token's aud does not name this endpoint ({audience})") from exc
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:  # ValueError/TypeError: a key PyJWT cannot use
             raise AuthError(f"The token is not valid: {exc}") from exc
         jti = claims["jti"]
-        if not isinstance(jti, str) or not jti:
-            raise AuthError("The token's jti must be a non-empty string")
         try:
             expires = datetime.fromtimestamp(claims["exp"], UTC)
         except (OverflowError, OSError, ValueError) as exc:
@@ -137,25 +145,92 @@ class TokenVerifier:
         if jku is not None:
             if jku not in issuer.jku:
                 raise AuthError("The token's jku is not on this issuer's allow-list")
-            source = jku
-        elif issuer.iss in self._inline:
+            return self.keys.key(jku, kid)
+        if issuer.iss in self._inline:
             try:
                 return self._inline[issuer.iss][kid].key
             except KeyError as exc:
                 raise AuthError("No key with the token's kid is known for this issuer") from exc
-        else:
-            source = issuer.jwks_url
-        try:
-            return self._jwks_client(source).get_signing_key(kid).key
-        except jwt.PyJWKClientConnectionError as exc:
-            raise AuthError("The issuer's keys could not be fetched") from exc
-        except jwt.PyJWKClientError as exc:
-            raise AuthError("No key with the token's kid is known for this issuer") from exc
-        except jwt.PyJWTError as exc:  # e.g. the jku answered something that is not a usable JWKS
-            raise AuthError("The issuer's key set could not be read") from exc
+        assert issuer.jwks_url is not None
+        return self.keys.key(issuer.jwks_url, kid)
 
-    def _jwks_client(self, url: str) -> jwt.PyJWKClient:
+
+def _fits(key: Any, alg: str) -> bool:
+    """An ES token needs an EC key, an RS or PS token an RSA key (PyJWT would fail with a TypeError)."""
+    return isinstance(key, KEY_FAMILY[alg[:2]])
+
+
+def _check_claim_types(claims: dict[str, Any]) -> None:
+    """RFC 7519 types, checked before anything else: NumericDate claims are JSON numbers (not strings,
+    not booleans); jti and iss are strings the store can keep."""
+    for name in ("exp", "iat", "nbf"):
+        if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int | float)):
+            raise AuthError(f"The token's {name} must be a number (NumericDate)")
+    iss, jti = claims.get("iss"), claims.get("jti")
+    if not isinstance(iss, str) or not iss or len(iss) > MAX_ISS or not iss.isprintable():
+        raise AuthError("The token's iss must be a printable string of at most 512 characters")
+    if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI or not jti.isprintable():
+        raise AuthError("The token's jti must be a non-empty printable string of at most 256 characters")
+
+
+class KeyFetcher:
+    """Client key sets (JWKS) fetched so that one slow or hostile key source costs its own callers only:
+    the whole fetch has a deadline (http_fetch), one fetch per source is under way at a time (others
+    wait for it, within their own deadline), and failures are remembered as well as successes."""
+
+    def __init__(self, budget_seconds: float = 2.0, ttl_seconds: float = 300.0, failure_ttl_seconds: float = 30.0,
+                 refetch_after_seconds: float = 60.0, max_bytes: int = 256 * 1024, wait_seconds: float = 0.5) -> None:
+        self.budget = budget_seconds
+        self.wait_seconds = wait_seconds
+        self.ttl = ttl_seconds
+        self.failure_ttl = failure_ttl_seconds
+        self.refetch_after = refetch_after_seconds  # an unknown kid triggers a new fetch at most this often
+        self.max_bytes = max_bytes
+        self._sources: dict[str, _Source] = {}
+        self._lock = threading.Lock()
+
+    def key(self, url: str, kid: str) -> Any:
+        source = self._source(url)
+        deadline = time.monotonic() + self.budget
+        # One fetch per source at a time; a caller waits briefly for one under way (a healthy source
+        # answers in milliseconds), not for as long as a hanging source would hold it.
+        if not source.lock.acquire(timeout=min(self.budget, self.wait_seconds)):
+            raise AuthError("The issuer's keys could not be fetched (key source busy)")
+        try:
+            now = time.monotonic()
+            if source.failure and now < source.failure_until:
+                raise AuthError(f"The issuer's keys could not be fetched ({source.failure})")
+            fresh = source.keys is not None and now - source.fetched_at < self.ttl
+            if not fresh or (kid not in (source.keys or {}) and now - source.fetched_at >= self.refetch_after):
+                self._fetch(url, source, deadline)
+            key = (source.keys or {}).get(kid)
+        finally:
+            source.lock.release()
+        if key is None:
+            raise AuthError("No key with the token's kid is known for this issuer")
+        return key
+
+    def _fetch(self, url: str, source: _Source, deadline: float) -> None:
+        try:
+            answer = http_fetch.get(url, deadline, headers={"Accept": "application/json"}, max_bytes=self.max_bytes)
+            if answer.status != 200:
+                raise ValueError(f"answered {answer.status}")
+            keys = {k.key_id: k.key for k in jwt.PyJWKSet.from_dict(json.loads(answer.body)).keys if k.key_id}
+        except (http_fetch.HttpFailure, ValueError, jwt.PyJWTError, TypeError, AttributeError) as exc:
+            source.failure, source.failure_until = str(exc) or exc.__class__.__name__, \
+                time.monotonic() + self.failure_ttl
+            raise AuthError(f"The issuer's key set could not be read ({source.failure})") from exc
+        source.keys, source.fetched_at, source.failure = keys, time.monotonic(), ""
+
+    def _source(self, url: str) -> _Source:
         with self._lock:
-            if url not in self._clients:
-                self._clients[url] = jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=5)
-            return self._clients[url]
+            return self._sources.setdefault(url, _Source())
+
+
+@dataclass
+class _Source:
+    keys: dict[str, Any] | None = None
+    fetched_at: float = 0.0
+    failure: str = ""
+    failure_until: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)

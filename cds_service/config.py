@@ -46,6 +46,8 @@ SETTINGS: tuple[Setting, ...] = (
             "InsurancePlan artifact's names."),
     Setting("TODAY", "", str, "Pin 'today' (YYYY-MM-DD) for demos and tests; default: the current UTC date."),
     Setting("MAX_CONTENT_LENGTH", 1024 * 1024, int, "Largest accepted request body in bytes (larger: 413)."),
+    Setting("REQUEST_READ_SECONDS", 5.0, float,
+            "Longest a client may take to send a request body (slower: 408); it holds a server thread meanwhile."),
     Setting("CORS_ORIGINS", "*", str, "Comma-separated origins allowed to call from a browser."),
     Setting("TRUSTED_ISSUERS", "", str,
             "JSON or YAML file of trusted clients (iss, keys, allowed jku, FHIR servers); when set, hook, feedback "
@@ -61,8 +63,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Comma-separated FHIR base URLs the service may call when no trusted issuers are configured."),
     Setting("FHIR_ALLOW_HTTP", False, bool, "Allow calling FHIR servers over plain http (local testing only)."),
     Setting("FHIR_BUDGET_SECONDS", 2.5, float, "Overall time for fetching missing prefetch data in one hook call."),
-    Setting("FHIR_CONNECT_TIMEOUT", 1.0, float, "Connect timeout per FHIR request, in seconds."),
-    Setting("FHIR_READ_TIMEOUT", 2.0, float, "Read timeout per FHIR request, in seconds."),
+    Setting("FHIR_CONNECT_TIMEOUT", 1.0, float, "Connect timeout of a FHIR request, in seconds (within the budget)."),
+    Setting("FHIR_MAX_IN_FLIGHT", 4, int,
+            "Searches under way at once per FHIR server and process; a further one fails at once (busy)."),
+    Setting("JWKS_BUDGET_SECONDS", 2.0, float,
+            "Longest a client key set (JWKS) fetch may take, whole (connect, headers and body)."),
+    Setting("JWKS_CACHE_SECONDS", 300.0, float, "How long a fetched key set is used before it is fetched again."),
+    Setting("JWKS_FAILURE_CACHE_SECONDS", 30.0, float,
+            "How long a key source that failed is not asked again (its callers get a 401 at once)."),
 )
 
 

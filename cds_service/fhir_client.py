@@ -1,20 +1,22 @@
-"""FHIR client adapter: fetch what prefetch did not bring, within a time budget, never raising past it.
+"""FHIR client adapter: searches the EHR's FHIR server for what prefetch did not bring, within the
+call's time budget whatever the server does (http_fetch), never raising past its edge.
 
-Only the active Coverage is fetched: the decision reads nothing from the Patient resource, so
-fetching it would cost time and move demographics for nothing.
+A server that hangs costs its own callers only: at most ``max_in_flight`` searches per server are
+under way at once in a process; a further one fails at once ("busy") instead of holding a thread.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from typing import Any
 
 import orjson
-import requests
+
+from cds_service import http_fetch
+from cds_service.json_limits import json_problem
 
 log = logging.getLogger(__name__)
-MAX_BODY = 5 * 1024 * 1024
 
 
 class FetchError(Exception):
@@ -26,70 +28,60 @@ class FetchError(Exception):
 
 
 class FhirClient:
-    def __init__(self, connect_timeout: float = 1.0, read_timeout: float = 2.0) -> None:
+    def __init__(self, connect_timeout: float = 1.0, max_in_flight: int = 4) -> None:
         self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.session = requests.Session()
+        self.max_in_flight = max_in_flight
+        self._gates: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
 
     def search(self, base: str, path: str, params: dict[str, str], token: str | None, deadline: float) -> list[Any]:
-        """Resources of a search's first page. One retry on connection errors and 5xx; stops at ``deadline``."""
-        # identity: the body is read raw (see _get), so it must not arrive compressed
-        headers = {"Accept": "application/fhir+json", "Accept-Encoding": "identity"}
+        """Resources of a search's first page. One retry on connection errors and 5xx; done by ``deadline``."""
+        headers = {"Accept": "application/fhir+json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        url = f"{base.rstrip('/')}/{path}"
-        for attempt in (1, 2):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0.05:
-                raise FetchError("time budget exhausted", "budget")
-            try:
-                body = self._get(url, params, headers, remaining, deadline)
-            except _Retryable as exc:
-                if attempt == 2:
+        gate = self._gate(base)
+        if not gate.acquire(blocking=False):
+            raise FetchError(f"{self.max_in_flight} searches on this server are already under way", "busy")
+        try:
+            for attempt in (1, 2):
+                try:
+                    answer = http_fetch.get(f"{base.rstrip('/')}/{path}", deadline, params=params, headers=headers,
+                                            connect_timeout=self.connect_timeout)
+                except http_fetch.HttpFailure as exc:
+                    if attempt == 1 and exc.reason == "connection":
+                        log.info("retrying FHIR search after: %s", exc)
+                        continue
                     raise FetchError(str(exc), exc.reason) from exc
-                log.info("retrying FHIR search after: %s", exc)
-                continue
-            if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
-                raise FetchError("answer is not a FHIR Bundle", "invalid")
-            entries = body.get("entry", [])
-            if not isinstance(entries, list):
-                raise FetchError("Bundle.entry is not a list", "invalid")
-            return [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
-        raise FetchError("unreachable", "bug")  # pragma: no cover
+                if answer.status >= 500 and attempt == 1:
+                    log.info("retrying FHIR search after server error %s", answer.status)
+                    continue
+                return _entries(answer)
+            raise FetchError("no answer", "connection")  # pragma: no cover: the loop returns or raises
+        finally:
+            gate.release()
 
-    def _get(self, url: str, params: dict[str, str], headers: dict[str, str], remaining: float,
-             deadline: float) -> Any:
-        timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
-        try:
-            with self.session.get(url, params=params, headers=headers, timeout=timeout, stream=True,
-                                  allow_redirects=False) as resp:
-                if resp.status_code >= 500:
-                    raise _Retryable(f"server error {resp.status_code}", "status")
-                if resp.status_code != 200:
-                    raise FetchError(f"answered {resp.status_code}", "status")
-                # read1 returns whatever one socket read gives, so a server that drips bytes
-                # cannot hold us past the deadline (iter_content would wait for full chunks).
-                chunks, size = [], 0
-                while chunk := resp.raw.read1(65536):
-                    size += len(chunk)
-                    if size > MAX_BODY:
-                        raise FetchError("answer too large", "too-large")
-                    if time.monotonic() > deadline:
-                        raise FetchError("time budget exhausted while reading", "budget")
-                    chunks.append(chunk)
-        except (requests.ConnectionError, requests.exceptions.ConnectTimeout) as exc:
-            raise _Retryable(f"connection failed ({exc.__class__.__name__})", "connection") from exc
-        except requests.Timeout as exc:
-            raise FetchError("timed out", "timeout") from exc
-        except requests.RequestException as exc:
-            raise FetchError(f"request failed ({exc.__class__.__name__})", "connection") from exc
-        try:
-            return orjson.loads(b"".join(chunks))
-        except orjson.JSONDecodeError as exc:
-            raise FetchError("answer is not JSON", "invalid") from exc
+    def _gate(self, base: str) -> threading.BoundedSemaphore:
+        key = base.rstrip("/")
+        with self._lock:
+            if key not in self._gates:
+                self._gates[key] = threading.BoundedSemaphore(self.max_in_flight)
+            return self._gates[key]
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+def _entries(answer: http_fetch.HttpAnswer) -> list[Any]:
+    if answer.status >= 500:
+        raise FetchError(f"server error {answer.status}", "status")
+    if answer.status != 200:
+        raise FetchError(f"answered {answer.status}", "status")
+    try:
+        body = orjson.loads(answer.body)
+    except orjson.JSONDecodeError as exc:
+        raise FetchError("answer is not JSON", "invalid") from exc
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        raise FetchError("answer is not a FHIR Bundle", "invalid")
+    if (problem := json_problem(body)) is not None:
+        raise FetchError(f"answer unusable: {problem[0]}", "invalid")
+    entries = body.get("entry", [])
+    if not isinstance(entries, list):
+        raise FetchError("Bundle.entry is not a list", "invalid")
+    return [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]

@@ -9,6 +9,7 @@ declaration); orders, conditions and coverages are read the same way for every h
 from __future__ import annotations
 
 import calendar
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -62,6 +63,10 @@ class HookRequest:
     resources: tuple[dict[str, Any], ...] = field(default=(), repr=False)  # every resource the request carries
 
 
+MAX_HOOK_INSTANCE = 128
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
 # ---------------------------------------------------------------- the request envelope and each hook's context
 
 
@@ -76,6 +81,9 @@ def parse_request(body: Any, expected_hook: str, parse_context: Callable[[HookRe
     instance = body.get("hookInstance")
     if not isinstance(instance, str) or not instance.strip():
         raise RequestError("Missing required field 'hookInstance'", "hookInstance")
+    if len(instance) > MAX_HOOK_INSTANCE:
+        raise RequestError(f"'hookInstance' is longer than {MAX_HOOK_INSTANCE} characters (it is a UUID)",
+                           "hookInstance")
     context = body.get("context")
     if not isinstance(context, dict):
         raise RequestError("Missing required object 'context'", "context")
@@ -482,6 +490,9 @@ def coverage_records(coverages: list[dict[str, Any]], context_resources: Iterabl
         rid = coverage.get("id")
         if not isinstance(rid, str) or not rid.strip():
             continue
+        if not FHIR_ID.fullmatch(rid.strip()):
+            raise RequestError(f"Coverage id {rid[:70]!r} is not a FHIR id ([A-Za-z0-9-.], at most 64)",
+                               "prefetch.coverage")
         records.append(_coverage_record(coverage, f"Coverage/{rid.strip()}", organizations))
     return tuple(records)
 

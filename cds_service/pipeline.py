@@ -296,6 +296,9 @@ def _disabled_card_types(configuration: dict[str, Any]) -> frozenset[str]:
 FEEDBACK_OUTCOMES = ("accepted", "overridden")
 
 
+MAX_CARD_ID, MAX_TIMESTAMP = 128, 64  # the store's column lengths
+
+
 def parse_feedback(body: Any, service_id: str) -> list[dict[str, Any]]:
     if not isinstance(body, dict) or not isinstance(body.get("feedback"), list) or not body["feedback"]:
         raise RequestError("The body must be an object with a non-empty 'feedback' list", "feedback")
@@ -306,13 +309,13 @@ def parse_feedback(body: Any, service_id: str) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise RequestError("Each feedback entry must be an object", where)
         card = item.get("card")
-        if not isinstance(card, str) or not card.strip():
-            raise RequestError("Missing 'card' (the card's uuid)", f"{where}.card")
+        if not isinstance(card, str) or not card.strip() or len(card) > MAX_CARD_ID:
+            raise RequestError(f"Missing 'card' (the card's uuid, at most {MAX_CARD_ID} characters)", f"{where}.card")
         outcome = item.get("outcome")
         if outcome not in FEEDBACK_OUTCOMES:
             raise RequestError("'outcome' must be 'accepted' or 'overridden'", f"{where}.outcome")
         stamp = item.get("outcomeTimestamp")
-        if not isinstance(stamp, str) or not _is_datetime(stamp):
+        if not isinstance(stamp, str) or len(stamp) > MAX_TIMESTAMP or not _is_datetime(stamp):
             raise RequestError("'outcomeTimestamp' must be an ISO 8601 date-time", f"{where}.outcomeTimestamp")
         accepted = item.get("acceptedSuggestions")
         if accepted is not None and not (isinstance(accepted, list) and all(

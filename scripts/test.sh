@@ -3,11 +3,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages for the browser test (Chromium + ChromeDriver) and the compose-file check.
+# System packages for the browser test (Chromium + ChromeDriver), the compose-file check and the
+# reverse-proxy test (nginx, run as the proxy in front of the real server).
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" \

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import requests
 
@@ -30,3 +34,35 @@ def wait_until_answers(url: str, proc: subprocess.Popen[bytes] | None = None, ti
             pass
         time.sleep(poll)
     raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+class GunicornProcess:
+    """The production server (the README's gunicorn command) on a free loopback port, with ``env``."""
+
+    def __init__(self, env: dict[str, str], root: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cds_service.wsgi:app"], cwd=root,
+            env={**os.environ, "CDS_BIND": f"127.0.0.1:{self.port}", **env}, stdout=subprocess.DEVNULL,
+            stderr=self.log)
+        try:
+            wait_until_answers(f"{self.base}/readyz", self.proc)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{self.output()}") from exc
+
+    def workers(self) -> set[int]:
+        """The pids of the master's worker processes right now."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return {int(p) for p in children.read_text().split()} if children.exists() else set()
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+        self.log.close()

@@ -22,6 +22,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from cds_service.store import coverage_assertions, feedback, hook_calls
 from tests.conftest import SIGN, LiveService, assertion_ids, hook_request, service_request
 from tests.fhir_test_server import FhirTestServer
+from tests.hostile_server import HostileServer
 
 ISS = "https://ehr.example.org"
 EC_KEY = ec.generate_private_key(ec.SECP384R1())
@@ -257,3 +258,94 @@ def test_bad_trusted_issuers_file_stops_start_up(tmp_path: Path, content: str, m
     with pytest.raises(ValueError, match=message):
         create_app({"TRUSTED_ISSUERS": str(path), "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"})
 
+
+
+# ---------------------------------------------------------------- hostile tokens and key sources
+
+
+@pytest.mark.parametrize(("key", "alg", "kid"), [(RSA_KEY, "RS384", "ec-1"), (EC_KEY, "ES384", "rsa-1"),
+                                                 (RSA_KEY, "PS384", "ec-1")],
+                         ids=["rs384-header-ec-key", "es384-header-rsa-key", "ps384-header-ec-key"])
+def test_algorithm_that_does_not_fit_the_key_is_401(secured: LiveService, key: Any, alg: str, kid: str) -> None:
+    assert_rejected(secured, call(secured, token(secured, key=key, alg=alg, kid=kid)), "does not fit")
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+def test_numeric_date_given_as_a_string_is_401(secured: LiveService, claim: str) -> None:
+    now = int(time.time())
+    value = {"exp": now + 300, "iat": now, "nbf": now}[claim]
+    assert_rejected(secured, call(secured, token(secured, **{claim: str(value)})), f"{claim} must be a number")
+
+
+def test_nbf_in_the_future_is_401(secured: LiveService) -> None:
+    assert_rejected(secured, call(secured, token(secured, nbf=int(time.time()) + 3600)), "in the future")
+
+
+@pytest.mark.parametrize("jti", ["x" * 5000, "a\x00b", "tab\there"], ids=["5000-chars", "nul", "tab"])
+def test_jti_the_store_cannot_keep_is_401(secured: LiveService, jti: str) -> None:
+    assert_rejected(secured, call(secured, token(secured, jti=jti)), "jti must be")
+
+
+@pytest.fixture
+def hostile_jku(service_factory: Any, tmp_path: Path) -> Any:
+    """A service trusting an issuer whose allow-listed jku is a misbehaving server (mode set per test)."""
+    server = HostileServer({"keys": [jwk(EC_KEY, "jku-ec")]})
+    issuers = tmp_path / "issuers.json"
+    issuers.write_text(json.dumps({"issuers": [{"iss": ISS, "jwks": {"keys": [jwk(EC_KEY, "ec-1")]},
+                                                "jku": [server.url()]}]}))
+    svc = service_factory(TRUSTED_ISSUERS=str(issuers), JWKS_BUDGET_SECONDS=1.0)
+    yield svc, server
+    server.close()
+
+
+@pytest.mark.parametrize("mode", ["garbage", "html", "short", "hang", "trickle", "slow-headers"])
+def test_misbehaving_jku_is_401_within_the_budget_and_its_failure_is_remembered(hostile_jku: Any, mode: str) -> None:
+    svc, server = hostile_jku
+    server.mode = mode
+    start = time.monotonic()
+    resp = call(svc, token(svc, kid="jku-ec", headers={"jku": server.url()}))
+    assert time.monotonic() - start < 1.0 + 0.5
+    assert_rejected(svc, resp, "could not be")
+    hits = server.hits
+    start = time.monotonic()
+    again = call(svc, token(svc, kid="jku-ec", headers={"jku": server.url()}))
+    assert again.status_code == 401 and time.monotonic() - start < 0.3  # the failure is cached
+    assert server.hits == hits  # and the key source is not asked again
+
+
+def test_a_hanging_key_source_costs_only_its_own_callers(hostile_jku: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    svc, server = hostile_jku
+    server.mode = "hang"
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        stalled = [pool.submit(call, svc, token(svc, kid="jku-ec", headers={"jku": server.url()}))
+                   for _ in range(8)]
+        time.sleep(0.1)
+        start = time.monotonic()
+        valid = call(svc, token(svc))  # inline key: never waits on the hanging source
+        elapsed = time.monotonic() - start
+        assert valid.status_code == 200 and elapsed < 0.5, elapsed
+        assert all(f.result().status_code == 401 for f in stalled)
+
+
+def test_a_good_jku_is_cached(hostile_jku: Any) -> None:
+    svc, server = hostile_jku
+    for _ in range(3):
+        assert call(svc, token(svc, kid="jku-ec", headers={"jku": server.url()})).status_code == 200
+    assert server.hits == 1
+
+
+def test_assertions_are_visible_only_to_the_issuer_whose_call_made_them(service_factory: Any, tmp_path: Path) -> None:
+    other_iss = "https://other-ehr.example.org"
+    issuers = tmp_path / "issuers.json"
+    issuers.write_text(json.dumps({"issuers": [
+        {"iss": ISS, "jwks": {"keys": [jwk(EC_KEY, "ec-1")]}},
+        {"iss": other_iss, "jwks": {"keys": [jwk(OTHER_EC_KEY, "other-1")]}}]}))
+    svc = service_factory(TRUSTED_ISSUERS=str(issuers))
+    [assertion_id] = assertion_ids(call(svc, token(svc)).json())
+    path = f"/coverage-assertions/{assertion_id}"
+    mine = svc.http.get(svc.url(path), headers={"Authorization": f"Bearer {token(svc, path)}"}, timeout=5)
+    assert mine.status_code == 200
+    theirs = token(svc, path, key=OTHER_EC_KEY, kid="other-1", iss=other_iss)
+    assert svc.http.get(svc.url(path), headers={"Authorization": f"Bearer {theirs}"}, timeout=5).status_code == 404

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -138,3 +139,18 @@ def test_no_policy_facts_in_python_code() -> None:
         text = path.read_text().lower()
         found = [f for f in facts if f.lower() in text]
         assert not found, f"{path.relative_to(ROOT)} contains policy facts {found}"
+
+
+def test_readme_documents_every_setting_and_only_settings() -> None:
+    from cds_service.config import SETTINGS
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("## Security")]
+    documented = set(re.findall(r"^\| `CDS_([A-Z_]+)`", table, re.MULTILINE))
+    assert documented == {s.name for s in SETTINGS}
+    # The README's defaults are the code's.
+    for setting in SETTINGS:
+        row = re.search(rf"^\| `CDS_{setting.name}` \| ([^|]+) \|", table, re.MULTILINE)
+        assert row, setting.name
+        if setting.kind in (int, float) and not isinstance(setting.default, bool):
+            assert float(row.group(1).strip()) == float(setting.default), (setting.name, row.group(1))

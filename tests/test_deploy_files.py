@@ -169,8 +169,8 @@ def test_every_compose_variable_has_a_default_or_a_message() -> None:
 # ---------------------------------------------------------------- 2. docker-compose.yml structure
 
 
-def test_compose_has_the_service_the_database_and_hapi() -> None:
-    assert {"cds", "db", "hapi"} <= set(services())
+def test_compose_has_the_service_its_proxy_the_database_and_hapi() -> None:
+    assert {"cds", "proxy", "db", "hapi"} <= set(services())
 
 
 def test_service_waits_for_a_healthy_database() -> None:
@@ -179,13 +179,32 @@ def test_service_waits_for_a_healthy_database() -> None:
     assert (depends.get("db") or {}).get("condition") == "service_healthy"
 
 
-def test_service_is_built_here_and_publishes_8080() -> None:
+def test_service_is_built_here_and_reached_only_through_the_proxy() -> None:
     cds = services()["cds"]
     build = cds.get("build")
     context = build if isinstance(build, str) else (build or {}).get("context")
     assert context in (".", "./"), "cds must be built from this repository's Dockerfile"
-    ports = [str(p) for p in cds.get("ports", [])]
-    assert any(p.endswith(":8080") and ("8080" in p.rsplit(":", 1)[0] or "PORT" in p) for p in ports), ports
+    assert not cds.get("ports"), "cds must not publish a port: slow clients would reach gunicorn directly"
+    assert "8080" in [str(p) for p in cds.get("expose", [])], cds.get("expose")
+
+
+def test_proxy_publishes_the_service_port_and_forwards_to_the_service() -> None:
+    proxy = services()["proxy"]
+    assert "nginx" in str(proxy.get("image", "")), proxy.get("image")
+    ports = [str(p) for p in proxy.get("ports", [])]
+    assert any(p.endswith(":8080") and "CDS_HOST_PORT" in p for p in ports), ports
+    env = environment(proxy)
+    assert env.get("CDS_UPSTREAM") == "cds:8080", env
+    assert ((proxy.get("depends_on") or {}).get("cds") or {}).get("condition") == "service_healthy"
+    mounts = [str(v).split(":") for v in proxy.get("volumes", [])]
+    templates = [m for m in mounts if len(m) >= 2 and m[1].startswith("/etc/nginx/templates/")]
+    assert templates, "the proxy mounts no configuration template"
+    template = (ROOT / templates[0][0]).resolve()
+    assert template.is_file(), template
+    # The nginx image substitutes only variables set in its environment; any other ${...} would stay
+    # literal and break the configuration.
+    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", template.read_text()))
+    assert used <= set(env), f"template variables without a value: {sorted(used - set(env))}"
 
 
 def test_service_has_a_healthcheck_or_the_image_has_one() -> None:

@@ -29,7 +29,7 @@ def fhir() -> Iterator[FhirTestServer]:
 @pytest.fixture
 def service(service_factory: Any, fhir: FhirTestServer) -> LiveService:
     result: LiveService = service_factory(FHIR_SERVERS=fhir.base, FHIR_ALLOW_HTTP=True, FHIR_BUDGET_SECONDS=BUDGET,
-                                          FHIR_CONNECT_TIMEOUT=0.5, FHIR_READ_TIMEOUT=0.8)
+                                          FHIR_CONNECT_TIMEOUT=0.5)
     return result
 
 
@@ -97,7 +97,7 @@ def test_failing_fhir_server_is_a_400_within_budget(service: LiveService, fhir: 
 def test_failing_fhir_server_in_sandbox_mode_answers_from_the_policy(service_factory: Any, fhir: FhirTestServer,
                                                                      mode: str) -> None:
     svc = service_factory(FHIR_SERVERS=fhir.base, FHIR_ALLOW_HTTP=True, FHIR_BUDGET_SECONDS=BUDGET,
-                          FHIR_CONNECT_TIMEOUT=0.5, FHIR_READ_TIMEOUT=0.8, MODE="sandbox")
+                          FHIR_CONNECT_TIMEOUT=0.5, MODE="sandbox")
     fhir.mode = mode
     answer, elapsed = timed(svc, request(fhir.base))
     assert elapsed < BUDGET + 0.5
@@ -111,7 +111,7 @@ def test_server_down_is_a_400_within_budget(service_factory: Any) -> None:
     svc = service_factory(FHIR_SERVERS=down, FHIR_ALLOW_HTTP=True, FHIR_BUDGET_SECONDS=BUDGET)
     start = time.monotonic()
     answer = svc.call(request(down), expect=400)
-    assert time.monotonic() - start < BUDGET + 0.5 and "connection failed" in answer["issue"][0]["diagnostics"]
+    assert time.monotonic() - start < BUDGET + 0.5 and "connection refused" in answer["issue"][0]["diagnostics"]
 
 
 def test_one_retry_after_a_server_error(service: LiveService, fhir: FhirTestServer) -> None:

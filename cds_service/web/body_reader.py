@@ -1,0 +1,138 @@
+"""Read each request body whole, within a deadline, before the app sees it.
+
+A client that trickles its body (a byte every few seconds) would otherwise hold a server thread
+for as long as it likes. Here the body is read up front while a watchdog holds the deadline: when
+it passes, the watchdog shuts the socket's read side, the blocked read returns, and the client gets
+a 408 OperationOutcome. The app then reads the body from memory. (Slow *headers* are the reverse
+proxy's to bound: see README, Security.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import io
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+StartResponse = Callable[..., Any]
+
+
+class _Watchdog:
+    """One thread per process that shuts the read side of sockets whose deadline passed."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, socket.socket]] = []
+        self._cancelled: set[int] = set()
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def arm(self, sock: socket.socket, seconds: float) -> int:
+        token = next(self._seq)
+        with self._cond:
+            self._ensure_thread()
+            heapq.heappush(self._heap, (time.monotonic() + seconds, token, sock))
+            self._cond.notify()
+        return token
+
+    def disarm(self, token: int) -> None:
+        with self._cond:
+            self._cancelled.add(token)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or self._pid != os.getpid():  # a forked worker starts its own
+            self._heap, self._cancelled, self._pid = [], set(), os.getpid()
+            self._thread = threading.Thread(target=self._run, name="body-read-watchdog", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][1] in self._cancelled:
+                    self._cancelled.discard(heapq.heappop(self._heap)[1])
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, _, sock = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                with contextlib.suppress(OSError):  # already closed: nothing to wake
+                    sock.shutdown(socket.SHUT_RD)  # wakes the blocked read with end-of-file
+
+
+WATCHDOG = _Watchdog()
+
+
+class BodyReader:
+    """WSGI middleware: the body read whole within ``seconds``, or a 408; unreadable framing, a 400."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], seconds: float, max_bytes: int) -> None:
+        self.app = app
+        self.seconds = seconds
+        self.max_bytes = max_bytes
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") not in ("POST", "PUT", "PATCH"):
+            return self.app(environ, start_response)
+        length = environ.get("CONTENT_LENGTH")
+        try:
+            expected = int(length) if length else None
+        except ValueError:
+            return _problem(start_response, "400 Bad Request", "invalid", "Content-Length is not a number")
+        if expected is not None and expected > self.max_bytes:
+            return self.app(environ, start_response)  # Flask answers 413 without reading it
+        sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+        token = WATCHDOG.arm(sock, self.seconds) if isinstance(sock, socket.socket) else None
+        started = time.monotonic()
+        try:
+            body = _read(environ["wsgi.input"], expected, self.max_bytes + 1)
+        except Exception:  # malformed chunked framing, a reset: whatever the server raises, it is the client's
+            body = None
+        finally:
+            if token is not None:
+                WATCHDOG.disarm(token)
+        if body is None or (expected is not None and len(body) < expected):
+            if time.monotonic() - started >= self.seconds:
+                return _problem(start_response, "408 Request Timeout", "timeout",
+                                f"The request body was not received within {self.seconds:g} s")
+            return _problem(start_response, "400 Bad Request", "invalid",
+                            "The request body could not be read (incomplete or malformed framing)")
+        if len(body) > self.max_bytes:
+            return _problem(start_response, "413 Request Entity Too Large", "too-long",
+                            f"Request body larger than {self.max_bytes} bytes")
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ["wsgi.input_terminated"] = True
+        return self.app(environ, start_response)
+
+
+def _read(stream: Any, expected: int | None, limit: int) -> bytes:
+    if expected is not None:
+        return bytes(stream.read(expected))
+    chunks, size = [], 0
+    while chunk := stream.read(65536):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)
+
+
+def _problem(start_response: StartResponse, status: str, code: str, message: str) -> list[bytes]:
+    body = orjson.dumps({"resourceType": "OperationOutcome",
+                         "issue": [{"severity": "error", "code": code, "diagnostics": message}]})
+    start_response(status, [("Content-Type", "application/fhir+json"), ("Content-Length", str(len(body))),
+                            ("Connection", "close")])
+    return [body]
