@@ -1,4 +1,4 @@
-"""Command line: ``python -m cds_service serve | evaluate | db upgrade | artifacts check|bundle|publish``."""
+"""Command line: ``python -m cds_service serve | evaluate | db upgrade|purge | artifacts check|bundle|publish``."""
 
 from __future__ import annotations
 
@@ -89,6 +89,33 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_purge(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from flask import Flask
+
+    from cds_service.config import database_url, load_settings
+    from cds_service.store import Store, make_engine, utcnow
+
+    try:
+        settings = load_settings()
+        days = args.older_than_days if args.older_than_days is not None else settings["RETENTION_DAYS"]
+        if days < 1:
+            raise ValueError(f"--older-than-days {days} is not a number of days (1 or more)")
+        url = database_url(settings, Flask("cds_service", instance_relative_config=True).instance_path)
+        store = Store(make_engine(url, settings["SQLITE_SYNCHRONOUS"].upper()))
+        store.require_current_schema()
+        cutoff = utcnow() - timedelta(days=days)
+        counts = store.purge(cutoff, dry_run=args.dry_run)
+    except Exception as exc:  # report any database failure plainly, without a traceback
+        print(f"error: purge failed: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} records older than {days} days (before {cutoff.isoformat(timespec='seconds')}): "
+          + ", ".join(f"{n} {table}" for table, n in counts.items()))
+    return 0
+
+
 def cmd_artifacts_check(args: argparse.Namespace) -> int:
     from cds_service.knowledge.check import check_artifacts
 
@@ -161,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub = db.add_subparsers(dest="db_command", required=True)
     dbsub.add_parser("upgrade", help="apply the schema migrations to CDS_DATABASE_URL").set_defaults(
         func=cmd_db_upgrade)
+    purge = dbsub.add_parser("purge", help="delete records older than the retention period (CDS_RETENTION_DAYS)")
+    purge.add_argument("--older-than-days", type=int, help="override CDS_RETENTION_DAYS for this run")
+    purge.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
+    purge.set_defaults(func=cmd_db_purge)
 
     artifacts = sub.add_parser("artifacts", help="check, bundle or publish the FHIR knowledge artifacts")
     asub = artifacts.add_subparsers(dest="artifacts_command", required=True)

@@ -48,6 +48,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_CONTENT_LENGTH", 1024 * 1024, int, "Largest accepted request body in bytes (larger: 413)."),
     Setting("REQUEST_READ_SECONDS", 5.0, float,
             "Longest a client may take to send a request body (slower: 408); it holds a server thread meanwhile."),
+    Setting("RETENTION_DAYS", 2190, int,
+            "How long `db purge` keeps hook calls, their responses, verdicts, cards, feedback and assertions "
+            "(default six years, as HIPAA keeps documentation); nothing is deleted unless `db purge` runs."),
     Setting("CORS_ORIGINS", "*", str, "Comma-separated origins allowed to call from a browser."),
     Setting("TRUSTED_ISSUERS", "", str,
             "JSON or YAML file of trusted clients (iss, keys, allowed jku, FHIR servers); when set, hook, feedback "
@@ -112,6 +115,8 @@ def load_settings(mapping: Mapping[str, Any] | None = None, environ: Mapping[str
             raise ValueError(f"setting {s.name}: {value!r} is not a valid {s.kind.__name__}") from exc
     if out["MODE"] not in ("crd", "sandbox"):
         raise ValueError(f"setting MODE: {out['MODE']!r} is not crd or sandbox")
+    if out["RETENTION_DAYS"] < 1:
+        raise ValueError(f"setting RETENTION_DAYS: {out['RETENTION_DAYS']} is not a number of days (1 or more)")
     if out["TODAY"]:
         try:
             date.fromisoformat(out["TODAY"])

@@ -148,7 +148,9 @@ class Pipeline:
         }
         cards = [{**c, "hook_instance": request.hook_instance, "client_iss": client and client.iss,
                   "service_id": service_id, "issued_at": now} for c in rendered.cards]
-        recorded = self.store.record_hook_call(call, assertions, cards)
+        verdict_rows = [{**row, "received_at": now, "service_id": service_id, "client_iss": client and client.iss}
+                        for row in _verdict_rows(decision, issued)]
+        recorded = self.store.record_hook_call(call, verdict_rows, assertions, cards)
         if not recorded and (replay := self._recorded(retry_key, digest)) is not None:
             return replay  # a retry of this hookInstance was recorded while we worked: answer what it answered
         return rendered.response
@@ -253,8 +255,27 @@ class Pipeline:
         }
 
     def handle_feedback(self, service_id: str, body: Any, client: Client | None = None) -> int:
+        """Store feedback on cards this service issued (to this client, with trusted issuers); an entry
+        about any other card, or naming a suggestion or override reason its card did not offer, is a 422
+        and nothing of the request is stored."""
         rows = parse_feedback(body, service_id)
-        for row in rows:
+        issued = self.store.cards_by_uuid({row["card"] for row in rows})
+        for i, row in enumerate(rows):
+            where = f"feedback[{i}]"
+            card = issued.get(row["card"])
+            if card is None or card["service_id"] != service_id or (client and card["client_iss"] != client.iss):
+                to = " to this client" if client else ""
+                raise RequestError(f"No card with uuid '{row['card']}' was issued by service '{service_id}'{to}",
+                                   f"{where}.card", 422)
+            offered = card["suggestions"]
+            for s in row["accepted_suggestions"] or []:
+                if offered is not None and s["id"] not in offered:
+                    raise RequestError(f"Card '{row['card']}' offered no suggestion '{s['id']}'",
+                                       f"{where}.acceptedSuggestions", 422)
+            code = ((row["override_reason"] or {}).get("reason") or {}).get("code")
+            if code is not None and card["override_reasons"] and code not in card["override_reasons"]:
+                raise RequestError(f"Card '{row['card']}' offered no override reason '{code}' (it offered "
+                                   f"{', '.join(card['override_reasons'])})", f"{where}.overrideReason.reason", 422)
             row["client_iss"] = client and client.iss
         self.store.record_feedback(rows)
         return len(rows)
@@ -271,6 +292,22 @@ def _subject_key(iss: str, patient: str, order: str, coverage: str) -> str:
 
 def _new_assertion_id() -> str:
     return str(uuid.uuid4())
+
+
+def _verdict_rows(decision: Decision, issued: dict[str, list[Issued]]) -> list[dict[str, Any]]:
+    """One row per order and Coverage judged (one without a Coverage for an order with no verdict)."""
+    rows = []
+    for j in decision.judgements:
+        order = {"order_reference": j.order.reference[:256], "code": j.recognition.code or None,
+                 "policy_outcome": j.policy_reason or "none"}
+        sent = issued.get(j.order.reference, [])
+        rows += [{**order, "coverage_reference": i.information.coverage, "covered": i.information.covered.value,
+                  "pa_needed": i.information.pa_needed.value if i.information.pa_needed else None,
+                  "reason": i.verdict.reason, "assertion_id": i.information.assertion_id} for i in sent]
+        if not sent:
+            rows.append({**order, "coverage_reference": None, "covered": None, "pa_needed": None, "reason": None,
+                         "assertion_id": None})
+    return rows
 
 
 def _audit(decision: Decision) -> list[dict[str, Any]]:

@@ -46,7 +46,7 @@ class RenderOptions:
 @dataclass
 class Rendered:
     response: dict[str, Any]
-    cards: list[dict[str, Any]]  # for the store: uuid, template, card type, indicator, order
+    cards: list[dict[str, Any]]  # for the store: uuid, template, card type, indicator, order, what it offered
 
 
 def render(decision: Decision, issued: dict[str, list[Issued]], knowledge: Knowledge, ctx: Context,
@@ -73,7 +73,9 @@ def render(decision: Decision, issued: dict[str, list[Issued]], knowledge: Knowl
     if actions:
         response["extension"] = {"systemActions": actions}  # the public sandbox reads only this copy
     records = [{"uuid": c["uuid"], "template": t, "card_type": c["source"]["topic"]["code"],
-                "indicator": c["indicator"], "order_reference": ref or None} for t, ref, c in shown]
+                "indicator": c["indicator"], "order_reference": ref or None, "summary": c["summary"],
+                "suggestions": [s["uuid"] for s in c.get("suggestions", []) if "uuid" in s],
+                "override_reasons": [r["code"] for r in c.get("overrideReasons", [])]} for t, ref, c in shown]
     return Rendered(response, records)
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -49,13 +50,13 @@ hook_calls = Table(
     Column("hook_instance", String(128), nullable=False, index=True),
     Column("service_id", String(64), nullable=False),
     Column("client_iss", String(512)),
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
     Column("latency_ms", Float, nullable=False),
     Column("decision_summary", String(256), nullable=False),
     Column("orders", JSON, nullable=False),  # [{"reference", "codes", "date_of_service", "outcome"}]
     Column("hook", String(32)),
     Column("request_digest", String(64)),  # SHA-256 of the request body: what was asked, without its content
-    Column("retry_key", String(64), unique=True),  # issuer + hookInstance, hashed: one record per call
+    Column("retry_key", String(64)),  # issuer + hookInstance, hashed: one record per call (unique index below)
     Column("response", JSON),  # the response exactly as sent
 )
 
@@ -82,7 +83,27 @@ coverage_assertions = Table(
     Column("date_of_service_stated", Boolean),
     Column("expiry_date", Date),
 )
+Index("ux_hook_calls_retry_key", hook_calls.c.retry_key, unique=True)
 Index("ix_coverage_assertions_subject", coverage_assertions.c.subject_key, coverage_assertions.c.fingerprint)
+
+# One row per order and Coverage judged in a call (one with no Coverage when the order got no verdict):
+# what decision history is filtered by. assertion_id is the id sent, new or reused.
+verdicts = Table(
+    "verdicts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("call_id", Integer, ForeignKey("hook_calls.id"), nullable=False, index=True),
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("service_id", String(64), nullable=False),
+    Column("client_iss", String(512)),
+    Column("order_reference", String(256), nullable=False),
+    Column("code", String(64)),
+    Column("policy_outcome", String(64), nullable=False),  # what MP 2.267 says of the order's use
+    Column("coverage_reference", String(256)),
+    Column("covered", String(32)),
+    Column("pa_needed", String(32)),
+    Column("reason", String(64)),
+    Column("assertion_id", String(64), index=True),
+)
 
 cards = Table(
     "cards", metadata,
@@ -95,6 +116,10 @@ cards = Table(
     Column("indicator", String(16), nullable=False),
     Column("order_reference", String(256)),
     Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("call_id", Integer, index=True),
+    Column("summary", String(256)),
+    Column("suggestions", JSON),  # uuids of the suggestions the card offered
+    Column("override_reasons", JSON),  # codes of the override reasons it offered
 )
 
 feedback = Table(
@@ -107,7 +132,7 @@ feedback = Table(
     Column("accepted_suggestions", JSON),
     Column("override_reason", JSON),
     Column("outcome_timestamp", String(64), nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
 )
 
 seen_jti = Table(
@@ -120,7 +145,7 @@ seen_jti = Table(
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest migration in MIGRATIONS (a test checks it against Alembic's head). Knowing it lets a
 # start-up against a current database skip importing Alembic at all (~0.1 s of cold start).
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 
 class SchemaOutOfDate(Exception):
@@ -211,7 +236,7 @@ class Store:
         self.engine = engine
         self._write_lock = _SqliteWriteLock(engine)
         self._insert = {t.name: _Insert(t, engine.dialect) for t in (hook_calls, coverage_assertions, feedback,
-                                                                      seen_jti, cards)}
+                                                                      seen_jti, cards, verdicts)}
 
     def require_current_schema(self) -> None:
         current, head = current_revision(self.engine), SCHEMA_REVISION
@@ -228,12 +253,18 @@ class Store:
             return False
         return True
 
-    def record_hook_call(self, call: dict[str, Any], assertions: list[dict[str, Any]],
-                         issued_cards: list[dict[str, Any]]) -> bool:
-        """Store one call with its new assertions and its cards, in one transaction. False when a call
-        with the same retry key is already stored (an EHR retry raced this one): nothing is written."""
+    def record_hook_call(self, call: dict[str, Any], verdict_rows: list[dict[str, Any]],
+                         assertions: list[dict[str, Any]], issued_cards: list[dict[str, Any]]) -> bool:
+        """Store one call with its verdicts, new assertions and cards, in one transaction. False when a
+        call with the same retry key is already stored (an EHR retry raced this one): nothing is written."""
+        sql, params = self._insert["hook_calls"].prepare([call])
         try:
-            self._write(None, (hook_calls, [call]), (coverage_assertions, assertions), (cards, issued_cards))
+            with self._write_lock, self.engine.begin() as conn:
+                call_id = conn.exec_driver_sql(sql, params[0]).scalar_one()
+                for table, rows in ((verdicts, verdict_rows), (coverage_assertions, assertions), (cards, issued_cards)):
+                    if rows:
+                        linked = [{**r, "call_id": call_id} for r in rows] if "call_id" in table.c else rows
+                        conn.exec_driver_sql(*self._insert[table.name].prepare(linked))
         except IntegrityError:
             return False
         return True
@@ -254,6 +285,12 @@ class Store:
                                .order_by(coverage_assertions.c.assertion_date.desc()).limit(1)).first()
         return (row[0], row[1]) if row else None
 
+    def cards_by_uuid(self, uuids: set[str]) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            found = conn.execute(select(cards.c.uuid, cards.c.service_id, cards.c.client_iss, cards.c.suggestions,
+                                        cards.c.override_reasons).where(cards.c.uuid.in_(sorted(uuids)))).mappings()
+            return {row["uuid"]: dict(row) for row in found}
+
     def record_feedback(self, rows: list[dict[str, Any]]) -> None:
         self._write(None, (feedback, rows))
 
@@ -265,6 +302,32 @@ class Store:
                 conn.execute(first)
             for sql, params in prepared:
                 conn.exec_driver_sql(sql, params)
+
+    def purge(self, cutoff: datetime, dry_run: bool = False) -> dict[str, int]:
+        """Delete what is older than ``cutoff``: hook calls received before it with their verdicts, cards
+        and the feedback on those cards, and assertions dated before it that no remaining call sent.
+        One transaction; returns the rows deleted (or that would be) per table."""
+        old_calls = select(hook_calls.c.id).where(hook_calls.c.received_at < cutoff)
+        old_cards = select(cards.c.uuid).where((cards.c.call_id.in_(old_calls)) | (
+            cards.c.call_id.is_(None) & (cards.c.issued_at < cutoff)))
+        still_sent = (select(verdicts.c.assertion_id).where(verdicts.c.assertion_id.is_not(None),
+                                                              verdicts.c.call_id.not_in(old_calls)))
+        doomed = {
+            feedback: (feedback.c.card.in_(old_cards)) | (feedback.c.received_at < cutoff),
+            cards: cards.c.uuid.in_(old_cards),
+            verdicts: verdicts.c.call_id.in_(old_calls),
+            coverage_assertions: (coverage_assertions.c.assertion_date < cutoff.date())
+            & coverage_assertions.c.assertion_id.not_in(still_sent),
+            hook_calls: hook_calls.c.id.in_(old_calls),
+        }
+        counts: dict[str, int] = {}
+        with self._write_lock, self.engine.begin() as conn:
+            for table, condition in doomed.items():  # in this order: nothing left pointing at a deleted row
+                counts[table.name] = int(conn.execute(select(func.count()).select_from(table)
+                                                      .where(condition)).scalar_one())
+                if not dry_run:
+                    conn.execute(delete(table).where(condition))
+        return counts
 
     def assertion(self, assertion_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -291,7 +354,10 @@ class _Insert:
 
     def __init__(self, table: Table, dialect: Dialect) -> None:
         names = [c.name for c in table.columns if not (c.primary_key and c.autoincrement is True)]
-        compiled = insert(table).compile(dialect=dialect, column_keys=names)
+        statement = insert(table)
+        if table is hook_calls:
+            statement = statement.returning(table.c.id)  # the call's id, for its verdicts and cards
+        compiled = statement.compile(dialect=dialect, column_keys=names)
         self.sql = str(compiled)
         order = list(compiled.positiontup or ()) if dialect.positional else names
         self.columns = [(n, table.c[n].type.dialect_impl(dialect).bind_processor(dialect)) for n in order]

@@ -216,8 +216,11 @@ def test_audit_and_assertions_record_the_client(secured: LiveService) -> None:
 
 
 def test_feedback_needs_a_token_for_its_own_url(secured: LiveService) -> None:
+    issued = secured.http.post(secured.url(f"/cds-services/{SIGN}"), json=hook_request(service_request()),
+                               headers={"Authorization": f"Bearer {token(secured)}"}, timeout=5).json()
     path = f"/cds-services/{SIGN}/feedback"
-    fb = {"feedback": [{"card": "c1", "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}
+    fb = {"feedback": [{"card": issued["cards"][0]["uuid"], "outcome": "overridden",
+                        "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}
     assert secured.http.post(secured.url(path), json=fb, timeout=5).status_code == 401
     wrong_aud = {"Authorization": f"Bearer {token(secured)}"}  # minted for the hook URL, not feedback
     assert secured.http.post(secured.url(path), json=fb, headers=wrong_aud, timeout=5).status_code == 401
@@ -336,16 +339,39 @@ def test_a_good_jku_is_cached(hostile_jku: Any) -> None:
     assert server.hits == 1
 
 
-def test_assertions_are_visible_only_to_the_issuer_whose_call_made_them(service_factory: Any, tmp_path: Path) -> None:
-    other_iss = "https://other-ehr.example.org"
+OTHER_ISS = "https://other-ehr.example.org"
+
+
+@pytest.fixture
+def two_issuers(service_factory: Any, tmp_path: Path) -> LiveService:
     issuers = tmp_path / "issuers.json"
     issuers.write_text(json.dumps({"issuers": [
         {"iss": ISS, "jwks": {"keys": [jwk(EC_KEY, "ec-1")]}},
-        {"iss": other_iss, "jwks": {"keys": [jwk(OTHER_EC_KEY, "other-1")]}}]}))
-    svc = service_factory(TRUSTED_ISSUERS=str(issuers))
+        {"iss": OTHER_ISS, "jwks": {"keys": [jwk(OTHER_EC_KEY, "other-1")]}}]}))
+    service: LiveService = service_factory(TRUSTED_ISSUERS=str(issuers))
+    return service
+
+
+def theirs(svc: LiveService, path: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(svc, path, key=OTHER_EC_KEY, kid='other-1', iss=OTHER_ISS)}"}
+
+
+def test_assertions_are_visible_only_to_the_issuer_whose_call_made_them(two_issuers: LiveService) -> None:
+    svc = two_issuers
     [assertion_id] = assertion_ids(call(svc, token(svc)).json())
     path = f"/coverage-assertions/{assertion_id}"
     mine = svc.http.get(svc.url(path), headers={"Authorization": f"Bearer {token(svc, path)}"}, timeout=5)
     assert mine.status_code == 200
-    theirs = token(svc, path, key=OTHER_EC_KEY, kid="other-1", iss=other_iss)
-    assert svc.http.get(svc.url(path), headers={"Authorization": f"Bearer {theirs}"}, timeout=5).status_code == 404
+    assert svc.http.get(svc.url(path), headers=theirs(svc, path), timeout=5).status_code == 404
+
+
+def test_feedback_only_on_cards_issued_to_the_same_issuer(two_issuers: LiveService) -> None:
+    svc = two_issuers
+    card = call(svc, token(svc)).json()["cards"][0]["uuid"]
+    path = f"/cds-services/{SIGN}/feedback"
+    fb = {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}
+    refused = svc.http.post(svc.url(path), json=fb, headers=theirs(svc, path), timeout=5)
+    assert refused.status_code == 422 and "to this client" in refused.json()["issue"][0]["diagnostics"]
+    assert svc.pipeline.store.count(feedback) == 0
+    ok = svc.http.post(svc.url(path), json=fb, headers={"Authorization": f"Bearer {token(svc, path)}"}, timeout=5)
+    assert ok.status_code == 200 and svc.pipeline.store.count(feedback) == 1

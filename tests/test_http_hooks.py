@@ -7,6 +7,7 @@ configuration, and every bad request. The policy's rules themselves are in the c
 from __future__ import annotations
 
 import copy
+import uuid
 from typing import Any
 
 import pytest
@@ -458,6 +459,47 @@ def test_bad_feedback_is_400_and_not_stored(cds: LiveService, entry: dict[str, A
     resp = cds.http.post(cds.url(f"/cds-services/{SIGN}/feedback"), json={"feedback": [entry]}, timeout=5)
     _outcome(resp, 400)
     assert cds.pipeline.store.count(feedback) == 0
+
+
+def test_feedback_is_tied_to_the_card_and_call_it_names(cds: LiveService) -> None:
+    req = hook_request(service_request("0530U", "2025-03-03"))
+    remove = next(c for c in cds.call(req)["cards"] if c.get("suggestions"))
+    fb = {"feedback": [{"card": remove["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-11-25T10:00:00Z",
+                        "acceptedSuggestions": [{"id": remove["suggestions"][0]["uuid"]}]}]}
+    assert cds.http.post(cds.url(f"/cds-services/{SIGN}/feedback"), json=fb, timeout=5).status_code == 200
+    with cds.pipeline.store.engine.connect() as conn:
+        joined = conn.execute(select(hook_calls.c.hook_instance, cards.c.template, feedback.c.outcome)
+                              .select_from(feedback.join(cards, cards.c.uuid == feedback.c.card)
+                                           .join(hook_calls, hook_calls.c.id == cards.c.call_id))).all()
+    assert [tuple(r) for r in joined] == [(req["hookInstance"], "remove-order", "accepted")]
+
+
+def _feedback_problem(cds: LiveService, entry: dict[str, Any], service: str = SIGN) -> str:
+    before = cds.pipeline.store.count(feedback)
+    good = {"card": entry["card"], "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}
+    resp = cds.http.post(cds.url(f"/cds-services/{service}/feedback"), json={"feedback": [good, entry]}, timeout=5)
+    problem = _outcome(resp, 422)
+    assert cds.pipeline.store.count(feedback) == before  # nothing of the request is stored
+    return problem
+
+
+def test_feedback_about_cards_never_issued_is_422(cds: LiveService) -> None:
+    body = cds.call(hook_request(service_request("0530U", "2025-03-03")))
+    warning = next(c for c in body["cards"] if c.get("overrideReasons"))
+    ts = "2026-11-25T10:00:00Z"
+    unknown = {"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": ts}
+    resp = cds.http.post(cds.url(f"/cds-services/{SIGN}/feedback"), json={"feedback": [unknown]}, timeout=5)
+    assert "No card with uuid" in _outcome(resp, 422)
+    assert cds.pipeline.store.count(feedback) == 0
+    # A card of this call, but the feedback names another service, a suggestion or a reason it did not offer.
+    assert "No card" in _feedback_problem(cds, {"card": warning["uuid"], "outcome": "overridden",
+                                                "outcomeTimestamp": ts}, SELECT)
+    assert "offered no suggestion" in _feedback_problem(cds, {
+        "card": warning["uuid"], "outcome": "accepted", "outcomeTimestamp": ts,
+        "acceptedSuggestions": [{"id": str(uuid.uuid4())}]})
+    assert "offered no override reason" in _feedback_problem(cds, {
+        "card": warning["uuid"], "outcome": "overridden", "outcomeTimestamp": ts,
+        "overrideReason": {"reason": {"code": "made-up", "system": "http://example.org"}}})
 
 
 def test_feedback_for_unknown_service_is_404(cds: LiveService) -> None:

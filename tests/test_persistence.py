@@ -186,26 +186,29 @@ def test_two_replicas_on_one_postgres(postgres_url: str, tmp_path: Path) -> None
     try:
         calls_per_replica, feedback_per_replica = 40, 20
 
-        def hook(replica: ServiceProcess) -> list[str]:
+        def hook(replica: ServiceProcess) -> tuple[list[str], list[str]]:
             url = f"{replica.base}/cds-services/{SIGN}"
             orders = [service_request("0530U", "2025-03-03", rid="a"), service_request("0091U", "2025-03-03", rid="b")]
             patient = str(uuid.uuid4())  # each call another patient: each verdict a new assertion
             resp = requests.post(url, json=hook_request(*orders, patientId=patient),
                                  headers={"Authorization": f"Bearer {token(url)}"}, timeout=20)
             assert resp.status_code == 200, resp.text
-            return assertion_ids(resp.json())
+            return assertion_ids(resp.json()), [c["uuid"] for c in resp.json()["cards"]]
 
-        def send_feedback(replica: ServiceProcess) -> int:
+        def send_feedback(replica: ServiceProcess, card: str) -> int:
             url = f"{replica.base}/cds-services/{SIGN}/feedback"
-            fb = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden",
-                                "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}
+            fb = {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}
             return requests.post(url, json=fb, headers={"Authorization": f"Bearer {token(url)}"},
                                  timeout=20).status_code
 
         with ThreadPoolExecutor(max_workers=16) as pool:
-            hooks = [pool.submit(hook, r) for r in replicas for _ in range(calls_per_replica)]
-            fbs = [pool.submit(send_feedback, r) for r in replicas for _ in range(feedback_per_replica)]
-            ids = [i for f in hooks for i in f.result()]
+            wave = [pool.submit(hook, r) for r in replicas for _ in range(calls_per_replica // 2)]
+            first = [f.result() for f in wave]
+            # Feedback on cards one replica issued, sent to the other, while both take more calls.
+            cards = [c for _, cs in first for c in cs][: 2 * feedback_per_replica]
+            hooks = [pool.submit(hook, r) for r in replicas for _ in range(calls_per_replica // 2)]
+            fbs = [pool.submit(send_feedback, replicas[i % 2], c) for i, c in enumerate(cards)]
+            ids = [i for ids, _ in first for i in ids] + [i for f in hooks for i in f.result()[0]]
             statuses = [f.result() for f in fbs]
 
         assert statuses == [200] * (2 * feedback_per_replica)
@@ -291,7 +294,8 @@ def test_feedback_survives_kill_9_right_after_200(backend: str, tmp_path: Path, 
         url = request.getfixturevalue("postgres_url")
         upgrade_schema(make_engine(url))
     service = ServiceProcess({"CDS_DATABASE_URL": url})
-    card = str(uuid.uuid4())
+    issued = requests.post(f"{service.base}/cds-services/{SIGN}", json=hook_request(service_request()), timeout=20)
+    card = issued.json()["cards"][0]["uuid"]
     fb = {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}
     resp = requests.post(f"{service.base}/cds-services/{SIGN}/feedback", json=fb, timeout=20)
     os.kill(service.proc.pid, signal.SIGKILL)
@@ -302,3 +306,79 @@ def test_feedback_survives_kill_9_right_after_200(backend: str, tmp_path: Path, 
         rows = conn.execute(select(feedback.c.card).where(feedback.c.card == card)).all()
     engine.dispose()
     assert len(rows) == 1
+
+
+# ---------------------------------------------------------------- retention
+
+
+def test_purge_deletes_what_is_past_retention_and_keeps_what_later_calls_still_quote(database_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cds_service.store import cards, verdicts
+
+    client = create_app({"DATABASE_URL": database_url, "TODAY": "2026-11-25"}).test_client()
+
+    def sign(patient: str) -> dict[str, Any]:
+        body = client.post(f"/cds-services/{SIGN}", json=hook_request(service_request("0530U", "2025-03-03"),
+                                                                          patientId=patient)).get_json()
+        fb = {"feedback": [{"card": body["cards"][0]["uuid"], "outcome": "overridden",
+                            "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}
+        assert client.post(f"/cds-services/{SIGN}/feedback", json=fb).status_code == 200
+        return body
+
+    old_quoted = sign("p-old")  # its assertion is sent again by the recent call below
+    recent = sign("p-old")
+    sign("p-gone")  # an old call whose assertion no later call sent
+    assert assertion_ids(recent) == assertion_ids(old_quoted)
+    long_ago = datetime.now(UTC) - timedelta(days=2200)
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        ids = conn.execute(select(hook_calls.c.id).order_by(hook_calls.c.id)).scalars().all()
+        old = [ids[0], ids[2]]
+        conn.execute(hook_calls.update().where(hook_calls.c.id.in_(old)).values(received_at=long_ago))
+        conn.execute(verdicts.update().where(verdicts.c.call_id.in_(old)).values(received_at=long_ago))
+        conn.execute(cards.update().where(cards.c.call_id.in_(old)).values(issued_at=long_ago))
+        conn.execute(coverage_assertions.update().values(assertion_date=long_ago.date()))
+    engine.dispose()
+    before = {t.name: count(database_url, t) for t in (hook_calls, verdicts, cards, feedback, coverage_assertions)}
+
+    def purge(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "cds_service", "db", "purge", *args], capture_output=True,
+                             text=True, env={**os.environ, "CDS_DATABASE_URL": database_url}, cwd=ROOT, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert "would delete" in purge("--dry-run") and {
+        t.name: count(database_url, t) for t in (hook_calls, verdicts, cards, feedback, coverage_assertions)} == before
+    report = purge()
+    assert "deleted" in report and "2 hook_calls" in report and "1 coverage_assertions" in report, report
+    assert count(database_url, hook_calls) == 1
+    assert count(database_url, feedback) == 1 and count(database_url, cards) == before["cards"] // 3
+    # The assertion the recent call sent is still there to be quoted; the other old one is gone.
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        kept = conn.execute(select(coverage_assertions.c.assertion_id)).scalars().all()
+    engine.dispose()
+    assert kept == assertion_ids(recent)
+    assert client.get(f"/coverage-assertions/{assertion_ids(recent)[0]}").status_code == 200
+
+
+def test_purge_refuses_a_retention_below_one_day(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "cds_service", "db", "purge", "--older-than-days", "0"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60,
+                         env={**os.environ, "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}"})
+    assert out.returncode == 1 and "1 or more" in out.stderr
+
+
+def test_tables_in_code_mirror_the_migrations(database_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from cds_service.store import metadata
+
+    engine = make_engine(database_url)
+    upgrade_schema(engine)
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), metadata)
+    engine.dispose()
+    assert differences == []
