@@ -97,7 +97,7 @@ verdicts = Table(
     Column("client_iss", String(512)),
     Column("order_reference", String(256), nullable=False),
     Column("code", String(64)),
-    Column("policy_outcome", String(64), nullable=False),  # what MP 2.267 says of the order's use
+    Column("policy_outcome", String(64), nullable=False),  # what the policy says of the order's use
     Column("coverage_reference", String(256)),
     Column("covered", String(32)),
     Column("pa_needed", String(32)),
