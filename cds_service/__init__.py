@@ -75,11 +75,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     CORS(app, origins=[o.strip() for o in settings["CORS_ORIGINS"].split(",")],
          allow_headers=["authorization", "content-type"], max_age=3600)
 
-    from cds_service.web import hooks, ops, responses
+    from cds_service.web import hooks, ops, records, responses
 
     responses.register(app)
     app.register_blueprint(hooks.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(records.bp)
     return app
 
 

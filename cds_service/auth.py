@@ -7,6 +7,7 @@ Trust is configured per issuer (``CDS_TRUSTED_ISSUERS``, JSON or YAML):
         jwks_url: https://ehr.example.org/.well-known/jwks.json   # or jwks: {keys: [...]} inline
         jku: [https://ehr.example.org/.well-known/jwks.json]       # jku header values it may present
         fhir_servers: [https://fhir.ehr.example.org/r4]            # FHIR servers we may call for it
+        records: own      # decision records it may read: own (its own calls, the default) or all
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class TrustedIssuer:
     jwks: dict[str, Any] | None
     jku: tuple[str, ...]
     fhir_servers: tuple[str, ...]
+    records: str = "own"  # which decision records it may read: "own" (its calls) or "all" (payer tooling)
 
 
 def load_trusted_issuers(path: str) -> dict[str, TrustedIssuer]:
@@ -69,8 +71,11 @@ def load_trusted_issuers(path: str) -> dict[str, TrustedIssuer]:
         for k, v in lists.items():
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise ValueError(f"{where}: '{k}' must be a list of URLs")
+        records = e.get("records", "own")
+        if records not in ("own", "all"):
+            raise ValueError(f"{where}: 'records' must be 'own' or 'all'")
         issuers[e["iss"]] = TrustedIssuer(e["iss"], e.get("jwks_url"), e.get("jwks"), tuple(lists["jku"]),
-                                          tuple(u.rstrip("/") for u in lists["fhir_servers"]))
+                                          tuple(u.rstrip("/") for u in lists["fhir_servers"]), records)
     return issuers
 
 

@@ -90,26 +90,31 @@ def parse_request(body: Any, expected_hook: str, parse_context: Callable[[HookRe
     patient = context.get("patientId")
     if not isinstance(patient, str) or not patient.strip():
         raise RequestError("Missing required field 'context.patientId'", "context.patientId")
+    # Present means well-formed everywhere below: CDS Hooks JSON has no nulls.
     fhir_server = body.get("fhirServer")
-    if fhir_server is not None and not isinstance(fhir_server, str):
+    if "fhirServer" in body and not (isinstance(fhir_server, str) and fhir_server):
         raise RequestError("'fhirServer' must be a URL string", "fhirServer")
     fhir_auth = body.get("fhirAuthorization")
-    if fhir_auth is not None:
+    if "fhirAuthorization" in body:
         if not isinstance(fhir_auth, dict) or not isinstance(fhir_auth.get("access_token"), str):
             raise RequestError("'fhirAuthorization' must be an object with an 'access_token'", "fhirAuthorization")
         if not fhir_server:
             raise RequestError("'fhirServer' is required with 'fhirAuthorization'", "fhirServer")
-    prefetch = body.get("prefetch") or {}
-    if not isinstance(prefetch, dict):
+    prefetch = body.get("prefetch")
+    if prefetch is not None and not isinstance(prefetch, dict):
         raise RequestError("'prefetch' must be an object", "prefetch")
     extension = body.get("extension")
-    configuration = extension.get("davinci-crd.configuration") if isinstance(extension, dict) else None
-    version = extension.get("davinci-crd.requestedVersion") if isinstance(extension, dict) else None
-    if version is not None and not isinstance(version, str):
+    if "extension" in body and not isinstance(extension, dict):
+        raise RequestError("'extension' must be an object", "extension")
+    configuration = (extension or {}).get("davinci-crd.configuration")
+    if "davinci-crd.configuration" in (extension or {}) and not isinstance(configuration, dict):
+        raise RequestError("'davinci-crd.configuration' must be an object", "extension.davinci-crd.configuration")
+    version = (extension or {}).get("davinci-crd.requestedVersion")
+    if "davinci-crd.requestedVersion" in (extension or {}) and not isinstance(version, str):
         raise RequestError("'davinci-crd.requestedVersion' must be a string", "extension.davinci-crd.requestedVersion")
 
-    envelope = HookRequest(hook, instance, patient.strip(), context, prefetch, fhir_server, fhir_auth,
-                           configuration if isinstance(configuration, dict) else {}, version, ())
+    envelope = HookRequest(hook, instance, patient.strip(), context, prefetch or {}, fhir_server, fhir_auth,
+                           configuration or {}, version, ())
     return parse_context(envelope)
 
 
@@ -124,6 +129,8 @@ def order_select_context(request: HookRequest) -> HookRequest:
     if not (isinstance(selections, list) and selections and all(isinstance(s, str) for s in selections)):
         raise RequestError("'context.selections' must be a non-empty list of references", "context.selections")
     selected = {s.strip() for s in selections}
+    for resource, where in _service_requests(entries):  # the others are read too (for context): typed alike
+        check_read_elements(resource, where)
     chosen = [OrderSource(r, where, True) for r, where in _service_requests(entries) if _reference(r) in selected]
     return _with_orders(request, chosen, entries)
 
@@ -131,18 +138,20 @@ def order_select_context(request: HookRequest) -> HookRequest:
 def order_dispatch_context(request: HookRequest) -> HookRequest:
     context = request.context
     refs = context.get("dispatchedOrders")
-    if refs is None and isinstance(context.get("order"), str):
+    if "order" in context and not _is_reference(context["order"]):
+        raise RequestError("'context.order' must be a reference (Type/id)", "context.order")
+    if "dispatchedOrders" not in context and "order" in context:
         refs = [context["order"]]  # the pre-publication context (and Inferno's CRD test kit) sends one 'order'
-    if context.get("fulfillmentTasks") is None and isinstance(context.get("task"), dict):
+    if "fulfillmentTasks" not in context and isinstance(context.get("task"), dict):
         context = {**context, "fulfillmentTasks": [context["task"]]}
-    if not (isinstance(refs, list) and refs and all(isinstance(r, str) and "/" in r.strip("/") for r in refs)):
+    if not (isinstance(refs, list) and refs and all(_is_reference(r) for r in refs)):
         raise RequestError("'context.dispatchedOrders' must be a non-empty list of references (Type/id)",
                            "context.dispatchedOrders")
     performer = context.get("performer")
     if not isinstance(performer, str) or not performer.strip():
         raise RequestError("Missing required field 'context.performer' (a reference)", "context.performer")
     tasks = context.get("fulfillmentTasks")
-    if tasks is not None and not (isinstance(tasks, list) and all(isinstance(t, dict) for t in tasks)):
+    if "fulfillmentTasks" in context and not (isinstance(tasks, list) and all(isinstance(t, dict) for t in tasks)):
         raise RequestError("'context.fulfillmentTasks' must be a list of Task resources", "context.fulfillmentTasks")
     wanted = [_local(r) for r in refs]
     found: dict[str, OrderSource] = {}
@@ -157,13 +166,23 @@ def order_dispatch_context(request: HookRequest) -> HookRequest:
     return replace(request, dispatched=tuple(wanted), missing_orders=missing, performer=performer.strip())
 
 
+def _is_reference(value: Any) -> bool:
+    return isinstance(value, str) and "/" in value.strip("/")
+
+
 def _draft_entries(context: dict[str, Any]) -> list[Any]:
     bundle = context.get("draftOrders")
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise RequestError("'context.draftOrders' must be a FHIR Bundle", "context.draftOrders")
-    entries = bundle.get("entry") or []
+    entries = bundle.get("entry", [])
     if not isinstance(entries, list):
         raise RequestError("'context.draftOrders.entry' must be a list", "context.draftOrders.entry")
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or ("resource" in entry and not (
+                isinstance(resource, dict) and isinstance(resource.get("resourceType"), str))):
+            raise RequestError("Each draftOrders entry must be an object whose 'resource' is a FHIR resource",
+                               f"context.draftOrders.entry[{i}]")
     return entries
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -255,9 +256,9 @@ class Pipeline:
         }
 
     def handle_feedback(self, service_id: str, body: Any, client: Client | None = None) -> int:
-        """Store feedback on cards this service issued (to this client, with trusted issuers); an entry
-        about any other card, or naming a suggestion or override reason its card did not offer, is a 422
-        and nothing of the request is stored."""
+        """Store feedback on cards this service issued (to this client, with trusted issuers). An entry
+        about any other card is a 404, one naming a suggestion or override reason its card did not offer
+        a 422; either way nothing of the request is stored."""
         rows = parse_feedback(body, service_id)
         issued = self.store.cards_by_uuid({row["card"] for row in rows})
         for i, row in enumerate(rows):
@@ -266,7 +267,7 @@ class Pipeline:
             if card is None or card["service_id"] != service_id or (client and card["client_iss"] != client.iss):
                 to = " to this client" if client else ""
                 raise RequestError(f"No card with uuid '{row['card']}' was issued by service '{service_id}'{to}",
-                                   f"{where}.card", 422)
+                                   f"{where}.card", 404)
             offered = card["suggestions"]
             for s in row["accepted_suggestions"] or []:
                 if offered is not None and s["id"] not in offered:
@@ -354,22 +355,23 @@ def parse_feedback(body: Any, service_id: str) -> list[dict[str, Any]]:
         stamp = item.get("outcomeTimestamp")
         if not isinstance(stamp, str) or len(stamp) > MAX_TIMESTAMP or not _is_datetime(stamp):
             raise RequestError("'outcomeTimestamp' must be an ISO 8601 date-time", f"{where}.outcomeTimestamp")
+        # Present means well-formed: CDS Hooks JSON has no nulls.
         accepted = item.get("acceptedSuggestions")
-        if accepted is not None and not (isinstance(accepted, list) and all(
+        if "acceptedSuggestions" in item and not (isinstance(accepted, list) and all(
                 isinstance(s, dict) and isinstance(s.get("id"), str) for s in accepted)):
             raise RequestError("'acceptedSuggestions' must be a list of {\"id\": uuid}", f"{where}.acceptedSuggestions")
         if outcome == "accepted" and not accepted:
             raise RequestError("An accepted outcome needs 'acceptedSuggestions'", f"{where}.acceptedSuggestions")
         override = item.get("overrideReason")
-        if override is not None:
+        if "overrideReason" in item:
             if outcome != "overridden" or not isinstance(override, dict):
                 raise RequestError("'overrideReason' is an object, only with outcome 'overridden'",
                                    f"{where}.overrideReason")
             reason = override.get("reason")
-            if reason is not None and not (isinstance(reason, dict) and isinstance(reason.get("code"), str)):
+            if "reason" in override and not (isinstance(reason, dict) and isinstance(reason.get("code"), str)):
                 raise RequestError("'overrideReason.reason' must be a Coding", f"{where}.overrideReason.reason")
             comment = override.get("userComment")
-            if comment is not None and not isinstance(comment, str):
+            if "userComment" in override and not isinstance(comment, str):
                 raise RequestError("'overrideReason.userComment' must be a string",
                                    f"{where}.overrideReason.userComment")
         rows.append({"service_id": service_id, "card": card.strip(), "outcome": outcome,
@@ -378,12 +380,21 @@ def parse_feedback(body: Any, service_id: str) -> list[dict[str, Any]]:
     return rows
 
 
+RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](\d{2}):(\d{2}))")
+
+
 def _is_datetime(value: str) -> bool:
+    """An RFC 3339 date-time (what CDS Hooks' outcomeTimestamp is), a real calendar day included."""
+    m = RFC3339.fullmatch(value)
+    if m is None:
+        return False
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    offset_ok = m.group(9) is None or (int(m.group(9)) < 24 and int(m.group(10)) < 60)
     try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return True
+        date(year or 2000, month, day)  # RFC 3339 has a year 0000 (a leap year); Python's calendar starts at 1
     except ValueError:
         return False
+    return hour < 24 and minute < 60 and second <= 60 and offset_ok  # :60 is a leap second
 
 
 def utc_today() -> date:

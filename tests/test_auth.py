@@ -371,7 +371,7 @@ def test_feedback_only_on_cards_issued_to_the_same_issuer(two_issuers: LiveServi
     path = f"/cds-services/{SIGN}/feedback"
     fb = {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}
     refused = svc.http.post(svc.url(path), json=fb, headers=theirs(svc, path), timeout=5)
-    assert refused.status_code == 422 and "to this client" in refused.json()["issue"][0]["diagnostics"]
+    assert refused.status_code == 404 and "to this client" in refused.json()["issue"][0]["diagnostics"]
     assert svc.pipeline.store.count(feedback) == 0
     ok = svc.http.post(svc.url(path), json=fb, headers={"Authorization": f"Bearer {token(svc, path)}"}, timeout=5)
     assert ok.status_code == 200 and svc.pipeline.store.count(feedback) == 1

@@ -453,8 +453,11 @@ def test_feedback_is_validated_and_stored(cds: LiveService) -> None:
     {"card": "c", "outcome": "maybe", "outcomeTimestamp": "2026-11-25T10:00:00Z"},
     {"card": "c", "outcome": "accepted", "outcomeTimestamp": "2026-11-25T10:00:00Z"},
     {"card": "c", "outcome": "overridden", "outcomeTimestamp": "yesterday"},
+    {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-25"},
+    {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-02-30T10:00:00Z"},
     {"card": "c", "outcome": "accepted", "outcomeTimestamp": "2026-11-25T10:00:00Z", "acceptedSuggestions": ["x"]},
-], ids=["no-card", "bad-outcome", "accepted-without-suggestion", "bad-timestamp", "bad-suggestions"])
+], ids=["no-card", "bad-outcome", "accepted-without-suggestion", "bad-timestamp", "date-not-date-time",
+        "no-such-day", "bad-suggestions"])
 def test_bad_feedback_is_400_and_not_stored(cds: LiveService, entry: dict[str, Any]) -> None:
     resp = cds.http.post(cds.url(f"/cds-services/{SIGN}/feedback"), json={"feedback": [entry]}, timeout=5)
     _outcome(resp, 400)
@@ -474,26 +477,26 @@ def test_feedback_is_tied_to_the_card_and_call_it_names(cds: LiveService) -> Non
     assert [tuple(r) for r in joined] == [(req["hookInstance"], "remove-order", "accepted")]
 
 
-def _feedback_problem(cds: LiveService, entry: dict[str, Any], service: str = SIGN) -> str:
+def _feedback_problem(cds: LiveService, entry: dict[str, Any], service: str = SIGN, status: int = 422) -> str:
     before = cds.pipeline.store.count(feedback)
     good = {"card": entry["card"], "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}
     resp = cds.http.post(cds.url(f"/cds-services/{service}/feedback"), json={"feedback": [good, entry]}, timeout=5)
-    problem = _outcome(resp, 422)
+    problem = _outcome(resp, status)
     assert cds.pipeline.store.count(feedback) == before  # nothing of the request is stored
     return problem
 
 
-def test_feedback_about_cards_never_issued_is_422(cds: LiveService) -> None:
+def test_feedback_about_cards_never_issued_is_404_and_about_what_they_did_not_offer_422(cds: LiveService) -> None:
     body = cds.call(hook_request(service_request("0530U", "2025-03-03")))
     warning = next(c for c in body["cards"] if c.get("overrideReasons"))
     ts = "2026-11-25T10:00:00Z"
     unknown = {"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": ts}
     resp = cds.http.post(cds.url(f"/cds-services/{SIGN}/feedback"), json={"feedback": [unknown]}, timeout=5)
-    assert "No card with uuid" in _outcome(resp, 422)
+    assert "No card with uuid" in _outcome(resp, 404)
     assert cds.pipeline.store.count(feedback) == 0
     # A card of this call, but the feedback names another service, a suggestion or a reason it did not offer.
     assert "No card" in _feedback_problem(cds, {"card": warning["uuid"], "outcome": "overridden",
-                                                "outcomeTimestamp": ts}, SELECT)
+                                                "outcomeTimestamp": ts}, SELECT, 404)
     assert "offered no suggestion" in _feedback_problem(cds, {
         "card": warning["uuid"], "outcome": "accepted", "outcomeTimestamp": ts,
         "acceptedSuggestions": [{"id": str(uuid.uuid4())}]})

@@ -1,5 +1,5 @@
-"""Everyday use over real HTTP: health, readiness, metrics, JSON logs, policy pages, the OpenAPI
-document (real responses checked against it) and the production server (gunicorn)."""
+"""Everyday use over real HTTP: health, readiness, metrics, JSON logs, policy pages and the production
+server (gunicorn). The OpenAPI document has its own tests (test_openapi.py)."""
 
 from __future__ import annotations
 
@@ -12,21 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
 from sqlalchemy import create_engine
 
 from cds_service.observability import HookInstanceFilter, JsonFormatter
 from tests.conftest import (
-    DISPATCH,
-    SELECT,
     SIGN,
     LiveService,
-    assertion_ids,
-    coverage,
-    dispatch_request,
     hook_request,
     service_request,
 )
@@ -145,89 +137,6 @@ def test_cards_link_the_policy_page_of_the_public_base_url_or_the_url_called(ser
     card = plain.call(hook_request(service_request("0530U", "2025-03-03")))["cards"][0]
     assert card["links"][0]["url"] == plain.url("/policies/mp-2-267")
     assert requests.get(card["links"][0]["url"], timeout=5).status_code == 200
-
-
-# ---------------------------------------------------------------- OpenAPI
-
-
-@pytest.fixture
-def openapi(cds: LiveService) -> dict[str, Any]:
-    doc: dict[str, Any] = requests.get(cds.url("/openapi.json"), timeout=5).json()
-    return doc
-
-
-def check(openapi: dict[str, Any], path: str, method: str, resp: requests.Response) -> None:
-    """Validate a real response against the document's schema for that path, method and status."""
-    spec = openapi["paths"][path][method]["responses"][str(resp.status_code)]
-    if "$ref" in spec:
-        spec = openapi["components"]["responses"][spec["$ref"].rsplit("/", 1)[1]]
-    media = resp.headers["Content-Type"].split(";")[0]
-    schema = spec["content"][media]["schema"]
-    registry = Registry().with_resource("urn:openapi", Resource.from_contents(
-        {**openapi, "$schema": "https://json-schema.org/draft/2020-12/schema"}))
-    ref_schema = {"$ref": "urn:openapi#" + schema["$ref"][1:]} if "$ref" in schema else schema
-    if media.endswith("json"):
-        Draft202012Validator(ref_schema, registry=registry).validate(resp.json())
-
-
-def test_openapi_is_served_and_is_valid_3_1(cds: LiveService, openapi: dict[str, Any]) -> None:
-    assert openapi["openapi"].startswith("3.1")
-    services = requests.get(cds.url("/cds-services"), timeout=5).json()["services"]
-    assert openapi["components"]["parameters"]["serviceId"]["schema"]["enum"] == [s["id"] for s in services]
-    assert set(openapi["components"]["schemas"]["HookRequest"]["properties"]["hook"]["enum"]) == \
-        {s["hook"] for s in services}
-    Draft202012Validator.check_schema({"$defs": openapi["components"]["schemas"]})
-
-
-def test_real_responses_match_the_openapi_document(cds: LiveService, openapi: dict[str, Any]) -> None:
-    http = cds.http
-    check(openapi, "/cds-services", "get", http.get(cds.url("/cds-services"), timeout=5))
-    hook = http.post(cds.url(f"/cds-services/{SIGN}"), json=hook_request(service_request("0530U", "2025-03-03")),
-                     timeout=5)
-    check(openapi, "/cds-services/{service_id}", "post", hook)
-    for body in (hook_request(service_request("0239U", "2025-03-03", icd=("C34.9",))),
-                 hook_request(service_request("0530U", "2026-08-03"), coverages=(coverage(plan="FEP Blue"),)),
-                 hook_request(service_request("0530U", "2025-03-03"), coverages=()),
-                 hook_request(service_request("85025", "2025-03-03"))):
-        check(openapi, "/cds-services/{service_id}", "post",
-              http.post(cds.url(f"/cds-services/{SIGN}"), json=body, timeout=5))
-    check(openapi, "/cds-services/{service_id}", "post",
-          http.post(cds.url(f"/cds-services/{SELECT}"),
-                    json=hook_request(service_request(), hook="order-select", selections=["ServiceRequest/sr-1"]),
-                    timeout=5))
-    check(openapi, "/cds-services/{service_id}", "post",
-          http.post(cds.url(f"/cds-services/{DISPATCH}"),
-                    json=dispatch_request(service_request("0530U", "2025-03-03", status="active")), timeout=5))
-    check(openapi, "/cds-services/{service_id}", "post",  # a retry with another body: 409
-          http.post(cds.url(f"/cds-services/{SIGN}"), json={**hook_request(service_request("0091U")),
-                                                             "hookInstance": hook.request.body and
-                                                             json.loads(hook.request.body)["hookInstance"]},
-                    timeout=5))
-    check(openapi, "/cds-services/{service_id}", "post", http.post(cds.url(f"/cds-services/{SIGN}"), json={},
-                                                                   timeout=5))
-    check(openapi, "/cds-services/{service_id}", "post", http.post(cds.url("/cds-services/nope"), json={}, timeout=5))
-    check(openapi, "/cds-services/{service_id}", "post", cds.post_raw(f"/cds-services/{SIGN}", b"x", "text/plain"))
-    card = hook.json()["cards"][0]["uuid"]
-    fb = {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}
-    check(openapi, "/cds-services/{service_id}/feedback", "post",
-          http.post(cds.url(f"/cds-services/{SIGN}/feedback"), json=fb, timeout=5))
-    check(openapi, "/cds-services/{service_id}/feedback", "post",
-          http.post(cds.url(f"/cds-services/{SIGN}/feedback"), json={"feedback": []}, timeout=5))
-    [assertion_id] = assertion_ids(hook.json())
-    check(openapi, "/coverage-assertions/{assertion_id}", "get",
-          http.get(cds.url(f"/coverage-assertions/{assertion_id}"), timeout=5))
-    check(openapi, "/coverage-assertions/{assertion_id}", "get", http.get(cds.url("/coverage-assertions/x"),
-                                                                          timeout=5))
-    check(openapi, "/healthz", "get", http.get(cds.url("/healthz"), timeout=5))
-    check(openapi, "/readyz", "get", http.get(cds.url("/readyz"), timeout=5))
-    check(openapi, "/playground/options", "get", http.get(cds.url("/playground/options"), timeout=5))
-
-
-def test_every_route_is_documented(cds: LiveService, openapi: dict[str, Any]) -> None:
-    documented = {p.replace("{", "<").replace("}", ">") for p in openapi["paths"]}
-    routes = {r.rule for r in cds.app.url_map.iter_rules() if not r.rule.startswith("/static")}
-    missing = {r for r in routes if r not in documented and r not in ("/playground", "/policies/")}
-    assert not missing, missing
 
 
 # ---------------------------------------------------------------- production server

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
-from cds_service.auth import AuthError, Client
 from cds_service.intake import RequestError
 from cds_service.json_limits import json_problem
-from cds_service.observability import AUTH_FAILURES, LATENCY, REQUESTS, hook_instance
+from cds_service.observability import LATENCY, REQUESTS, hook_instance
 from cds_service.services import discovery
-from cds_service.web.responses import current_pipeline, json_response, operation_outcome
+from cds_service.web.responses import authenticated_client, current_pipeline, json_response, operation_outcome
 
 bp = Blueprint("cds_hooks", __name__)
 log = logging.getLogger("cds_service.requests")
@@ -23,28 +23,33 @@ log = logging.getLogger("cds_service.requests")
 def _read_json() -> Any:
     if not request.is_json:
         raise RequestError("Send the body as JSON (Content-Type: application/json)", status=415)
+    data = request.get_data(cache=False)
     try:
-        body = orjson.loads(request.get_data(cache=False))
+        body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise RequestError(f"The body is not valid JSON: {exc}") from exc
+        body = _beyond_double(data, exc)
     if (problem := json_problem(body)) is not None:
         raise RequestError(*problem)
     return body
 
 
-@bp.errorhandler(RequestError)
-def _bad_request(exc: RequestError) -> Response:
-    return operation_outcome(exc.status, exc.message, exc.expression)
+def _beyond_double(data: bytes, exc: orjson.JSONDecodeError) -> Any:
+    """JSON whose only fault for orjson is a number beyond a double (1e400): valid JSON, read with the
+    standard library, such numbers kept as infinities (as floats, so the body can be hashed)."""
+    if "infinity" not in str(exc):
+        raise RequestError(f"The body is not valid JSON: {exc}") from exc
 
+    def number(text: str) -> float | int:
+        value = int(text)
+        return value if -(2**63) <= value < 2**64 else float(text)
 
-@bp.errorhandler(AuthError)
-def _unauthenticated(exc: AuthError) -> Response:
-    AUTH_FAILURES.inc()
-    resp = operation_outcome(401, str(exc))
-    detail = str(exc).replace('"', "'")
-    resp.headers["WWW-Authenticate"] = (f'Bearer realm="cds-services", error="invalid_token", '
-                                        f'error_description="{detail}"')
-    return resp
+    def no_constants(name: str) -> NoReturn:
+        raise RequestError(f"The body is not valid JSON: {name} is not a JSON number")
+
+    try:
+        return json.loads(data, parse_int=number, parse_constant=no_constants)
+    except ValueError as err:
+        raise RequestError(f"The body is not valid JSON: {err}") from err
 
 
 @bp.before_request
@@ -73,15 +78,6 @@ def _observe(response: Response) -> Response:
     return response
 
 
-def _authenticate() -> Client | None:
-    """The calling client, when trusted issuers are configured; checked before anything is read."""
-    verifier = current_pipeline().verifier
-    if verifier is None:
-        return None  # unauthenticated local development (see README)
-    base = current_app.config["PUBLIC_BASE_URL"].rstrip("/") or request.host_url.rstrip("/")
-    return verifier.verify(request.headers.get("Authorization"), base + request.path)
-
-
 @bp.get("/cds-services")
 def list_services() -> Response:
     body = current_app.extensions.get("cds_discovery")
@@ -93,7 +89,7 @@ def list_services() -> Response:
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
     engine = current_pipeline()
-    client = _authenticate()
+    client = authenticated_client()
     if service_id not in engine.services:
         return operation_outcome(404, f"No CDS service with id '{service_id}'")
     return json_response(engine.handle_hook(service_id, _read_json(), client, request.host_url))
@@ -102,7 +98,7 @@ def call_service(service_id: str) -> Response:
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> Response:
     engine = current_pipeline()
-    client = _authenticate()
+    client = authenticated_client()
     if service_id not in engine.services:
         return operation_outcome(404, f"No CDS service with id '{service_id}'")
     stored = engine.handle_feedback(service_id, _read_json(), client)
@@ -111,7 +107,7 @@ def feedback(service_id: str) -> Response:
 
 @bp.get("/coverage-assertions/<assertion_id>")
 def coverage_assertion(assertion_id: str) -> Response:
-    client = _authenticate()
+    client = authenticated_client()
     well_formed = len(assertion_id) <= 64 and assertion_id.isprintable()  # what the store can hold
     row = current_pipeline().store.assertion(assertion_id) if well_formed else None
     if row is not None and client is not None and row["client_iss"] != client.iss:

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
-
 import orjson
 from flask import Blueprint, Response, abort, current_app, render_template, send_from_directory
 from sqlalchemy import text
@@ -14,8 +9,8 @@ from sqlalchemy import text
 from cds_service.knowledge.model import Knowledge
 from cds_service.knowledge.model import page_id as policy_page_id
 from cds_service.observability import metrics_payload
-from cds_service.services import ServiceDeclaration
 from cds_service.store import SchemaOutOfDate
+from cds_service.web.openapi import openapi_document
 from cds_service.web.responses import current_pipeline, json_response, operation_outcome
 
 bp = Blueprint("ops", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
@@ -43,24 +38,13 @@ def readyz() -> Response:
                   "policy": engine.knowledge.policy_label, "policyVersion": engine.knowledge.policy_version})
 
 
-OPENAPI = Path(__file__).parent / "openapi.json"
-
-
-def openapi_document(services: Iterable[ServiceDeclaration]) -> dict[str, Any]:
-    """The OpenAPI document, with the service ids and hooks taken from the service declarations."""
-    doc: dict[str, Any] = json.loads(OPENAPI.read_text())
-    declared = list(services)
-    doc["components"]["parameters"]["serviceId"]["schema"]["enum"] = [s.id for s in declared]
-    doc["components"]["schemas"]["HookRequest"]["properties"]["hook"]["enum"] = sorted({s.hook for s in declared})
-    return doc
-
-
 @bp.get("/openapi.json")
 def openapi() -> Response:
     body = current_app.extensions.get("cds_openapi")
     if body is None:  # built once: the declarations do not change while the app runs
+        pipeline = current_pipeline()
         body = current_app.extensions["cds_openapi"] = orjson.dumps(
-            openapi_document(current_pipeline().services.values()))
+            openapi_document(pipeline.services.values(), authenticated=pipeline.verifier is not None))
     return Response(body, mimetype="application/json")
 
 

@@ -8,9 +8,12 @@ import logging
 from typing import Any
 
 import orjson
-from flask import Flask, Response, current_app
+from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from cds_service.auth import AuthError, Client
+from cds_service.intake import RequestError
+from cds_service.observability import AUTH_FAILURES
 from cds_service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -22,6 +25,16 @@ ISSUE_CODE_BY_STATUS = {400: "invalid", 401: "login", 403: "forbidden", 404: "no
 def current_pipeline() -> Pipeline:
     pipeline: Pipeline = current_app.extensions["cds_pipeline"]
     return pipeline
+
+
+def authenticated_client() -> Client | None:
+    """The calling client when trusted issuers are configured (its JWT checked before anything is
+    read: aud must be this endpoint's URL), or None in unauthenticated local development."""
+    verifier = current_pipeline().verifier
+    if verifier is None:
+        return None
+    base = current_app.config["PUBLIC_BASE_URL"].rstrip("/") or request.host_url.rstrip("/")
+    return verifier.verify(request.headers.get("Authorization"), base + request.path)
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -38,6 +51,19 @@ def operation_outcome(status: int, message: str, expression: str | None = None) 
 
 
 def register(app: Flask) -> None:
+    @app.errorhandler(RequestError)
+    def _bad_request(exc: RequestError) -> Response:
+        return operation_outcome(exc.status, exc.message, exc.expression)
+
+    @app.errorhandler(AuthError)
+    def _unauthenticated(exc: AuthError) -> Response:
+        AUTH_FAILURES.inc()
+        resp = operation_outcome(401, str(exc))
+        detail = str(exc).replace('"', "'")
+        resp.headers["WWW-Authenticate"] = (f'Bearer realm="cds-services", error="invalid_token", '
+                                            f'error_description="{detail}"')
+        return resp
+
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
         messages = {404: "No such endpoint", 405: "Method not allowed on this endpoint",
