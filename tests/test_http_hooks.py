@@ -330,8 +330,21 @@ def _outcome(resp: requests.Response, status: int) -> str:
      "occurrenceDateTime"),
     (lambda b: b["context"]["draftOrders"]["entry"][0]["resource"].update(status=7), "status"),
     (lambda b: b.update(prefetch=[1]), "prefetch"),
+    (lambda b: b.update(prefetch=False), "prefetch"),
+    (lambda b: b.update(extension=None), "extension"),
+    (lambda b: b.update(extension={"davinci-crd.configuration": None}), "configuration"),
+    (lambda b: b.update(extension={"davinci-crd.requestedVersion": None}), "requestedVersion"),
+    (lambda b: b.update(fhirServer=""), "fhirServer"),
+    (lambda b: b.update(fhirAuthorization=None), "fhirAuthorization"),
+    (lambda b: b["context"]["draftOrders"].update(entry=None), "entry"),
+    (lambda b: b["context"]["draftOrders"]["entry"].append(7), "draftOrders entry"),
+    (lambda b: b["context"]["draftOrders"]["entry"].append({"resource": {"id": "x"}}), "draftOrders entry"),
+    (lambda b: b["context"]["draftOrders"]["entry"][0]["resource"].update(occurrenceDateTime="2025-02-30"),
+     "occurrenceDateTime"),
 ], ids=["no-hook", "no-hookInstance", "no-context", "no-patient", "wrong-hook", "orders-not-bundle", "no-orders",
-        "sr-no-subject", "sr-empty-subject", "sr-bad-date", "sr-bad-status", "prefetch-not-object"])
+        "sr-no-subject", "sr-empty-subject", "sr-bad-date", "sr-bad-status", "prefetch-not-object", "prefetch-false",
+        "extension-null", "configuration-null", "version-null", "fhir-server-empty", "fhir-authorization-null",
+        "entry-null", "entry-not-object", "entry-resource-without-type", "sr-no-such-day"])
 def test_bad_requests_get_400_operation_outcome(cds: LiveService, mutate: Any, expected: str) -> None:
     body = hook_request(service_request())
     mutate(body)
