@@ -84,7 +84,7 @@ class Server:
         self.started = time.perf_counter()
         self.first_start: float | None = None  # cold start on a new database, when measured separately
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), app],
+            [sys.executable, "-m", "gunicorn", "-c", "python:cds_service.gunicorn_conf", app],
             cwd=ROOT, env={**os.environ, **env, "CDS_BIND": f"127.0.0.1:{self.port}", "CDS_WORKERS": str(WORKERS)},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

@@ -116,9 +116,17 @@ def cmd_db_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _knowledge_dir(args: argparse.Namespace) -> Path:
+    """--dir, else CDS_KNOWLEDGE_DIR (what the service itself would load), else the packaged artifacts."""
+    from cds_service.config import load_settings
+
+    return Path(args.dir or load_settings()["KNOWLEDGE_DIR"] or DEFAULT_DIR)
+
+
 def cmd_artifacts_check(args: argparse.Namespace) -> int:
     from cds_service.knowledge.check import check_artifacts
 
+    args.dir = _knowledge_dir(args)
     problems = check_artifacts(Path(args.dir))
     for p in problems:
         print(f"problem: {p}", file=sys.stderr)
@@ -132,9 +140,10 @@ def cmd_artifacts_check(args: argparse.Namespace) -> int:
 
 
 def _artifacts(args: argparse.Namespace) -> list[Any]:
+    from cds_service.config import load_settings
     from cds_service.knowledge.loader import read_artifacts
 
-    return read_artifacts(Path(args.dir), args.canonical_base)
+    return read_artifacts(_knowledge_dir(args), args.canonical_base or load_settings()["CANONICAL_BASE"] or None)
 
 
 def cmd_artifacts_bundle(args: argparse.Namespace) -> int:
@@ -198,13 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_text in (
         ("check", cmd_artifacts_check, "validate every artifact and example"),
         ("bundle", cmd_artifacts_bundle, "write a FHIR transaction Bundle of the artifacts"),
-        ("publish", cmd_artifacts_publish, "PUT the artifacts to a FHIR server"),
+        ("publish", cmd_artifacts_publish, "POST the artifacts to a FHIR server as one transaction"),
     ):
         p = asub.add_parser(name, help=help_text)
-        p.add_argument("--dir", default=str(DEFAULT_DIR), help="artifact folder (default: fhir_profiles/)")
+        p.add_argument("--dir", help="artifact folder (default: CDS_KNOWLEDGE_DIR, else the packaged fhir_profiles/)")
         p.set_defaults(func=func)
         if name != "check":
-            p.add_argument("--canonical-base", help="rewrite the artifacts' canonical URL base")
+            p.add_argument("--canonical-base", help="rewrite the artifacts' canonical URL base (default: "
+                           "CDS_CANONICAL_BASE)")
         if name == "bundle":
             p.add_argument("--out", default="-", help="output file (default: stdout)")
         if name == "publish":

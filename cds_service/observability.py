@@ -57,7 +57,7 @@ class JsonFormatter(logging.Formatter):
         instance = getattr(record, "hookInstance", None)
         if instance:
             entry["hookInstance"] = instance
-        for key in ("service", "status", "latency_ms", "outcome"):
+        for key in ("service", "status", "latency_ms", "outcome", "reader", "remote", "bytes"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
         if record.exc_info:

@@ -1,4 +1,4 @@
-"""WSGI entry point for production servers: ``gunicorn -c gunicorn.conf.py cds_service.wsgi:app``."""
+"""WSGI entry point for production servers: ``gunicorn -c python:cds_service.gunicorn_conf cds_service.wsgi:app``."""
 
 import os
 

@@ -4,7 +4,7 @@
 # Without arguments: apply the database migrations to CDS_DATABASE_URL (retrying while the database
 # starts), then replace this shell with gunicorn, so gunicorn is PID 1 and receives the stop signals.
 # With arguments: run them instead, e.g.
-#   docker-compose run --rm cds python -m cds_service artifacts check
+#   docker compose run --rm cds python -m cds_service artifacts check
 set -eu
 
 # prometheus_client (multiprocess mode) needs its folder before cds_service is imported.
@@ -36,4 +36,4 @@ if [ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
 fi
 
 # /dev/shm for the worker heartbeat files: a container's /tmp may sit on a slow overlay disk.
-exec gunicorn -c gunicorn.conf.py --worker-tmp-dir /dev/shm cds_service.wsgi:app
+exec gunicorn -c python:cds_service.gunicorn_conf --worker-tmp-dir /dev/shm cds_service.wsgi:app

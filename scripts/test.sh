@@ -3,12 +3,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages for the browser test (Chromium + ChromeDriver), the compose-file check and the
-# reverse-proxy test (nginx, run as the proxy in front of the real server).
+# System packages for the browser tests (Chromium + ChromeDriver) and the reverse-proxy test (nginx, run
+# as the proxy in front of the real server). The compose file is checked against the Compose v2 schema,
+# which needs no binary.
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
-command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
@@ -19,7 +19,7 @@ if [ "${#need[@]}" -gt 0 ]; then
   fi
 fi
 
-python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' || { echo "pip install failed" >&2; exit 1; }
+python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e '.[test]' || { echo "pip install failed" >&2; exit 1; }
 .venv/bin/python -m cds_service artifacts check || exit 1
 
 .venv/bin/python -m pytest "$@"

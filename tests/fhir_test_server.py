@@ -1,6 +1,6 @@
 """A small FHIR server over real HTTP for tests: serves Coverage searches (and can be made slow,
-down, unauthorised, failing or garbled), stores PUT resources (artifact publishing), and serves
-fixed JSON documents at given paths (e.g. a JWKS for a jku)."""
+down, unauthorised, failing or garbled), stores PUT resources and applies transaction Bundles
+all-or-nothing (artifact publishing), and serves fixed JSON documents at given paths (e.g. a JWKS for a jku)."""
 
 from __future__ import annotations
 
@@ -77,6 +77,25 @@ class FhirTestServer:
                 status = 200 if ref in owner.resources else 201
                 owner.resources[ref] = body
                 return self._send(status, json.dumps(body).encode())
+
+            def do_POST(self) -> None:  # a transaction Bundle at the base: all entries applied, or none
+                bundle = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                owner.requests.append((self.path, self.headers.get("Authorization")))
+                if bundle.get("type") != "transaction":
+                    return self._send(400, b'{"resourceType": "OperationOutcome"}')
+                refs = [e["request"]["url"] for e in bundle["entry"]]
+                rejected = [r for r in refs if owner.reject_put and owner.reject_put in r]
+                if rejected:
+                    return self._send(422, json.dumps({"resourceType": "OperationOutcome", "issue": [
+                        {"severity": "error", "code": "invalid", "diagnostics": f"{rejected[0]} rejected by test"}]
+                    }).encode())
+                statuses = ["200 OK" if ref in owner.resources else "201 Created" for ref in refs]
+                for ref, entry in zip(refs, bundle["entry"], strict=True):
+                    owner.resources[ref] = entry["resource"]
+                answer = {"resourceType": "Bundle", "type": "transaction-response",
+                          "entry": [{"response": {"status": st, "location": ref}} for st, ref in zip(statuses, refs,
+                                                                                                   strict=True)]}
+                return self._send(200, json.dumps(answer).encode())
 
             def _send(self, status: int, body: bytes) -> None:
                 try:

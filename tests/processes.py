@@ -12,6 +12,9 @@ from pathlib import Path
 
 import requests
 
+# The README's production command.
+GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "python:cds_service.gunicorn_conf", "cds_service.wsgi:app"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -44,7 +47,7 @@ class GunicornProcess:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cds_service.wsgi:app"], cwd=root,
+            GUNICORN, cwd=root,
             env={**os.environ, "CDS_BIND": f"127.0.0.1:{self.port}", **env}, stdout=subprocess.DEVNULL,
             stderr=self.log)
         try:

@@ -19,8 +19,9 @@ from tests.fhir_test_server import FhirTestServer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args: str, stdin: str | None = None, tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CDS_TODAY": "2026-11-25"}
+def run(*args: str, stdin: str | None = None, tmp: Path | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CDS_TODAY": "2026-11-25", **(env or {})}
     if tmp is not None:
         env["CDS_DATABASE_URL"] = f"sqlite:///{tmp / 'cli.sqlite3'}"
     return subprocess.run([sys.executable, "-m", "cds_service", *args], input=stdin, capture_output=True,
@@ -110,21 +111,34 @@ def test_artifacts_publish_puts_each_artifact_then_updates() -> None:
         server.close()
 
 
-def test_artifacts_publish_fails_clearly() -> None:
+def test_artifacts_publish_is_all_or_nothing_and_fails_clearly() -> None:
     server = FhirTestServer(reject_put="ConceptMap")
     try:
         out = run("artifacts", "publish", "--fhir-server", server.base)
         assert out.returncode == 1 and "ConceptMap/" in out.stderr and "rejected by test" in out.stderr
+        assert "nothing was published" in out.stderr and server.resources == {}  # not half a policy
+        assert [path for path, _ in server.requests] == ["/fhir"]  # one transaction, not a PUT per artifact
     finally:
         server.close()
     down = run("artifacts", "publish", "--fhir-server", "http://127.0.0.1:9/fhir")
     assert down.returncode == 1 and "could not reach" in down.stderr
 
 
+def test_artifacts_commands_read_the_knowledge_dir_setting(tmp_path: Path) -> None:
+    copy = tmp_path / "artifacts"
+    shutil.copytree(ROOT / "fhir_profiles", copy)
+    (copy / "ValueSet-liquid-biopsy-tests.json").write_text("[]")
+    env = {"CDS_KNOWLEDGE_DIR": str(copy)}
+    assert run("artifacts", "check", env=env).returncode == 1  # the broken copy, not the repository's files
+    bundled = run("artifacts", "bundle", env=env)
+    assert bundled.returncode == 1 and "ValueSet-liquid-biopsy-tests.json" in bundled.stderr
+    assert run("artifacts", "check", "--dir", str(ROOT / "fhir_profiles"), env=env).returncode == 0  # --dir wins
+
+
 # ---------------------------------------------------------------- static checks
 
 
-@pytest.mark.parametrize("tool", [["ruff", "check", "cds_service", "tests", "bench", "gunicorn.conf.py"], ["mypy"]],
+@pytest.mark.parametrize("tool", [["ruff", "check", "cds_service", "tests", "bench"], ["mypy"]],
                          ids=["ruff", "mypy"])
 def test_static_checks(tool: list[str]) -> None:
     out = subprocess.run([sys.executable, "-m", *tool], capture_output=True, text=True, cwd=ROOT, timeout=300)

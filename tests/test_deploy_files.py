@@ -125,9 +125,8 @@ def exec_form_or_shell(args: str) -> list[str]:
     return shlex.split(args)
 
 
-def compose_command() -> list[str] | None:
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
+def compose_v2() -> list[str] | None:
+    """The Compose v2 command (docker compose), where a Docker CLI with the plugin is installed."""
     if shutil.which("docker"):
         probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=60)
         if probe.returncode == 0:
@@ -135,29 +134,106 @@ def compose_command() -> list[str] | None:
     return None
 
 
-# ---------------------------------------------------------------- 1. docker-compose config
+def interpolate(node: Any, env: dict[str, str]) -> Any:
+    """What Compose does to every string of the file before it reads it: ${VAR}, ${VAR:-default},
+    ${VAR-default}, ${VAR:?message} (an error when unset or empty), and $$ for a literal $."""
+    if isinstance(node, dict):
+        return {interpolate(k, env): interpolate(v, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(item, env) for item in node]
+    if not isinstance(node, str):
+        return node
+
+    def one(match: re.Match[str]) -> str:
+        name, modifier = match.group(1), match.group(2)
+        value = env.get(name)
+        if modifier.startswith(":-"):
+            return value if value else modifier[2:]
+        if modifier.startswith("-"):
+            return value if value is not None else modifier[1:]
+        if modifier.startswith(":?"):
+            assert value, f"{name} must be set: {modifier[2:]}"
+            return value
+        assert not modifier, f"unsupported interpolation ${{{name}{modifier}}}"
+        assert value is not None, f"{name} is not set and has no default"
+        return value
+
+    return VAR_REF.sub(one, node).replace("$$", "$")
+
+
+def env_file_values() -> dict[str, str]:
+    return {name: value for _, name, value in env_example()}
+
+
+def compose_schema_errors(document: Any) -> list[str]:
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads((ROOT / "tests" / "compose" / "compose-spec.json").read_text())
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in Draft202012Validator(schema).iter_errors(document)]
+
+
+# ---------------------------------------------------------------- 1. the compose file, as Compose v2 reads it
 
 
 @pytest.mark.parametrize("env_file", [None, ".env.example"], ids=["fresh-clone-without-env", "env-example"])
-def test_compose_config_is_valid(env_file: str | None, tmp_path: Path) -> None:
-    command = compose_command()
+def test_compose_file_is_valid_compose_v2(env_file: str | None) -> None:
+    assert "version" not in compose(), "Compose v2 ignores 'version' (obsolete): leave it out"
+    assert compose_schema_errors(compose()) == []
+    values = env_file_values() if env_file else {}
+    assert compose_schema_errors(interpolate(compose(), values)) == []
+
+
+def test_docker_compose_config_where_compose_v2_is_installed(tmp_path: Path) -> None:
+    command = compose_v2()
     if command is None:
-        message = "docker-compose is not installed (apt-get install docker-compose)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must provide it")
-        pytest.skip(message)
-    if env_file is None:
-        # A fresh clone has no .env: an empty env file stands in for it, so a developer's own .env
-        # cannot hide a variable without a default.
-        empty = tmp_path / "empty.env"
-        empty.write_text("")
-        env_file = str(empty)
-    # Neither may variables of the calling shell: compose takes them before the env file.
+        pytest.skip("Docker Compose v2 is not installed here: the file is checked against its schema instead")
     env = {k: v for k, v in os.environ.items() if k not in compose_vars() and not k.startswith("COMPOSE_")}
-    result = subprocess.run([*command, "--env-file", env_file, "config", "-q"], cwd=ROOT, env=env,
+    result = subprocess.run([*command, "--env-file", str(ENV_EXAMPLE), "config", "-q"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"{' '.join(command)} config -q failed:\n{result.stdout}\n{result.stderr}"
-    assert "is not set" not in result.stderr, f"variables without a value:\n{result.stderr}"
+    assert result.returncode == 0, f"docker compose config -q failed:\n{result.stdout}\n{result.stderr}"
+
+
+def header_commands() -> list[str]:
+    """The commands the compose file's header tells a new user to run, in order."""
+    header = COMPOSE.read_text().split("\nservices:", 1)[0]
+    return [line.lstrip("# ").split("  #", 1)[0].strip() for line in header.splitlines()
+            if re.match(r"#\s{3}\S", line)]
+
+
+def test_the_compose_header_steps_start_a_service_that_serves() -> None:
+    """Run the header's steps as far as this machine can: copy .env.example to .env, interpolate the
+    compose file with it, and put the service's environment through the service's own start-up checks
+    (the settings, the bind rule gunicorn applies on 0.0.0.0, the trusted-issuers file)."""
+    from cds_service.config import load_settings
+    from cds_service.security import unauthenticated_bind_problem
+
+    assert header_commands() == ["cp .env.example .env", "docker compose up -d --build"], header_commands()
+    document = interpolate(compose(), env_file_values())
+    cds = document["services"]["cds"]
+    env = environment(cds)
+    settings = load_settings(environ={k: v for k, v in env.items() if k.startswith("CDS_")})
+    bind = dict(a.split("=", 1) for i, a in dockerfile_instructions() if i == "ENV" for a in shlex.split(a)
+                if "=" in a).get("CDS_BIND", "")
+    assert bind == "0.0.0.0:8080"
+    problem = unauthenticated_bind_problem([bind], settings)
+    assert problem is None, f"the service would refuse to start (and restart forever): {problem}"
+    if settings["TRUSTED_ISSUERS"]:
+        mounted = next(v for v in cds.get("volumes", []) if str(v).split(":")[1] == "/etc/cds")
+        local = ROOT / str(mounted).split(":")[0] / Path(settings["TRUSTED_ISSUERS"]).relative_to("/etc/cds")
+        assert local.is_file(), f"{settings['TRUSTED_ISSUERS']} is not in the mounted folder"
+    # The published port is the proxy's, on this machine only.
+    ports = [str(p) for p in document["services"]["proxy"]["ports"]]
+    assert all(p.startswith("127.0.0.1:") for p in ports), ports
+
+
+def test_without_env_the_defaults_refuse_to_serve_unauthenticated() -> None:
+    from cds_service.config import load_settings
+    from cds_service.security import unauthenticated_bind_problem
+
+    env = environment(interpolate(compose(), {})["services"]["cds"])
+    settings = load_settings(environ={k: v for k, v in env.items() if k.startswith("CDS_")})
+    assert unauthenticated_bind_problem(["0.0.0.0:8080"], settings) is not None
 
 
 def test_every_compose_variable_has_a_default_or_a_message() -> None:
@@ -314,13 +390,36 @@ def test_dockerfile_serves_with_gunicorn() -> None:
 
 
 def test_dockerfile_entrypoint_is_the_script() -> None:
-    entrypoints = [exec_form_or_shell(args) for keyword, args in dockerfile_instructions() if keyword == "ENTRYPOINT"]
-    assert entrypoints and entrypoints[-1][0].endswith("docker/entrypoint.sh"), entrypoints
+    instructions = dockerfile_instructions()
+    entrypoints = [exec_form_or_shell(args) for keyword, args in instructions if keyword == "ENTRYPOINT"]
+    assert entrypoints, "no ENTRYPOINT"
+    copied = [exec_form_or_shell(args) for keyword, args in instructions if keyword == "COPY"]
+    assert ["docker/entrypoint.sh", entrypoints[-1][0]] in copied, (entrypoints, copied)
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    return instructions[last_from:]
+
+
+def test_the_image_installs_the_built_wheel_not_the_source_tree() -> None:
+    instructions = dockerfile_instructions()
+    runs = [args for keyword, args in instructions if keyword == "RUN"]
+    assert any("pip wheel" in r for r in runs), "no stage builds the wheel"
+    final = final_stage()
+    copies = [args for keyword, args in final if keyword == "COPY"]
+    assert not any("cds_service" in c or "fhir_profiles" in c for c in copies), copies  # only the wheel carries them
+    assert any("--from=" in c and "wheels" in c for c in copies), copies
+    installs = [args for keyword, args in final if keyword == "RUN" and "pip install" in args]
+    assert any(".whl" in i and "-c " in i and "constraints.txt" in i for i in installs), installs
+    env = " ".join(args for keyword, args in final if keyword == "ENV")
+    assert "PYTHONPATH" not in env and "CDS_KNOWLEDGE_DIR" not in env, env  # nothing points at a source tree
 
 
 def test_dockerfile_sets_the_runtime_environment() -> None:
     env = " ".join(args for keyword, args in dockerfile_instructions() if keyword == "ENV")
-    for setting in ("PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "CDS_KNOWLEDGE_DIR=",
+    for setting in ("PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1",
                     "PROMETHEUS_MULTIPROC_DIR=", "CDS_BIND=0.0.0.0:8080"):
         assert setting in env, f"ENV {setting} missing"
     match = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", env)
@@ -381,7 +480,7 @@ def test_env_example_documents_every_variable() -> None:
 
 def test_env_example_has_placeholders_only() -> None:
     for _, name, value in env_example():
-        assert not value.startswith(("'", '"')), f"{name}: docker-compose v1 keeps quotes as part of the value"
+        assert not value.startswith(("'", '"')), f"{name}: keep values unquoted (one meaning for every reader)"
         if SECRET_KEY.search(name):
             assert PLACEHOLDER.match(value), f"{name} in .env.example must be a placeholder, not {value!r}"
         for password in url_passwords(value):
@@ -390,9 +489,11 @@ def test_env_example_has_placeholders_only() -> None:
 
 def test_env_example_explains_unauthenticated_first_try() -> None:
     text = ENV_EXAMPLE.read_text()
-    assert "CDS_ALLOW_UNAUTHENTICATED=false" in text
-    assert "true" in text.split("CDS_ALLOW_UNAUTHENTICATED=false")[0].rsplit("\n\n", 1)[-1], \
-        "the comment above CDS_ALLOW_UNAUTHENTICATED must say when to set it to true"
+    assert "CDS_ALLOW_UNAUTHENTICATED=true" in text
+    comment = text.split("CDS_ALLOW_UNAUTHENTICATED=true")[0].rsplit("\n\n", 1)[-1]
+    assert "127.0.0.1" in comment and "false" in comment and "CDS_TRUSTED_ISSUERS" in comment, \
+        "the comment above CDS_ALLOW_UNAUTHENTICATED must say who can call, and when to turn it off"
+    assert env_file_values()["HOST_BIND_ADDRESS"] == "127.0.0.1"
 
 
 # ---------------------------------------------------------------- 5. entrypoint script
@@ -412,7 +513,8 @@ def test_entrypoint_migrates_before_it_execs_gunicorn() -> None:
     assert upgrade is not None, "the script never runs `python -m cds_service db upgrade`"
     assert start is not None, "the script never runs `exec gunicorn`"
     assert upgrade < start
-    assert "-c gunicorn.conf.py" in lines[start] and "cds_service.wsgi:app" in lines[start], lines[start]
+    assert "-c python:cds_service.gunicorn_conf" in lines[start], lines[start]
+    assert "cds_service.wsgi:app" in lines[start], lines[start]
 
 
 def test_entrypoint_is_valid_shell() -> None:

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from tests.conftest import (
     hook_request,
     service_request,
 )
-from tests.processes import free_port, wait_until_answers
+from tests.processes import GUNICORN, free_port, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +145,7 @@ def test_gunicorn_serves_the_app(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'g.sqlite3'}", "CDS_BIND": f"127.0.0.1:{port}",
            "CDS_WORKERS": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cds_service.wsgi:app"],
+    proc = subprocess.Popen(GUNICORN,
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_answers(f"http://127.0.0.1:{port}/readyz", proc)
@@ -162,6 +161,6 @@ def test_gunicorn_refuses_unauthenticated_public_bind() -> None:
     env = {**os.environ, "CDS_BIND": f"0.0.0.0:{free_port()}"}
     env.pop("CDS_ALLOW_UNAUTHENTICATED", None)
     env.pop("CDS_TRUSTED_ISSUERS", None)
-    out = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cds_service.wsgi:app"],
+    out = subprocess.run(GUNICORN,
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "refusing to serve without client authentication" in out.stderr

@@ -41,7 +41,9 @@ from cds_service.knowledge.model import (
     VerdictReason,
 )
 
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "fhir_profiles"
+# An installed package carries the artifacts inside it; a source checkout has them at its top.
+_INSTALLED = Path(__file__).resolve().parents[1] / "fhir_profiles"
+DEFAULT_DIR = _INSTALLED if _INSTALLED.is_dir() else Path(__file__).resolve().parents[2] / "fhir_profiles"
 # The canonical base the committed artifacts are written with; CDS_CANONICAL_BASE may replace it.
 ARTIFACT_BASE_MARKER = "https://liquid-biopsy-cds.example.org/fhir"
 

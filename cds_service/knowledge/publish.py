@@ -1,4 +1,4 @@
-"""``artifacts bundle`` and ``artifacts publish``: share the artifacts with any FHIR server."""
+"""``artifacts bundle`` and ``artifacts publish``: share the artifacts with any FHIR server, as one transaction."""
 
 from __future__ import annotations
 
@@ -34,23 +34,32 @@ class PublishError(Exception):
 
 
 def publish(artifacts: list[Artifact], server: str, token: str | None = None,
-            timeout: float = 10.0) -> list[PublishResult]:
-    """PUT each artifact to ``server``; stops at the first failure with a message naming it."""
+            timeout: float = 30.0) -> list[PublishResult]:
+    """POST every artifact to ``server`` as one FHIR transaction: the server applies all of them or
+    none (a half-published policy would contradict itself). One result per artifact, in order."""
     base = server.rstrip("/")
     headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    bundle = transaction_bundle(artifacts)
+    try:
+        resp = requests.post(base, json=bundle, headers=headers, timeout=timeout)
+    except requests.RequestException as exc:
+        raise PublishError(f"could not reach {base} ({exc.__class__.__name__}); nothing was published") from exc
+    if resp.status_code != 200:
+        raise PublishError(f"{base} refused the transaction ({resp.status_code}: {_diagnostics(resp)}); "
+                           "nothing was published")
+    try:
+        answered = resp.json().get("entry") or []
+        statuses = [str(e["response"]["status"]) for e in answered]
+    except (ValueError, AttributeError, KeyError, TypeError) as exc:
+        raise PublishError(f"{base} answered the transaction with no transaction-response Bundle") from exc
+    if len(statuses) != len(artifacts):
+        raise PublishError(f"{base} answered {len(statuses)} entries for {len(artifacts)} artifacts")
     results = []
-    with requests.Session() as session:
-        for a in artifacts:
-            ref = f"{a.raw['resourceType']}/{a.raw['id']}"
-            try:
-                resp = session.put(f"{base}/{ref}", json=a.raw, headers=headers, timeout=timeout)
-            except requests.RequestException as exc:
-                raise PublishError(f"{ref}: could not reach {base} ({exc.__class__.__name__})") from exc
-            if resp.status_code not in (200, 201):
-                raise PublishError(f"{ref}: {base} answered {resp.status_code}: {_diagnostics(resp)}")
-            results.append(PublishResult(ref, resp.status_code, "created" if resp.status_code == 201 else "updated"))
+    for entry, status in zip(bundle["entry"], statuses, strict=True):
+        code = int(status.split()[0]) if status.split() and status.split()[0].isdigit() else 0
+        results.append(PublishResult(entry["request"]["url"], code, "created" if code == 201 else "updated"))
     return results
 
 

@@ -1,0 +1,63 @@
+"""Gunicorn settings for deployment: ``gunicorn -c python:cds_service.gunicorn_conf cds_service.wsgi:app``.
+
+Every value can be set through the environment (CDS_BIND, CDS_WORKERS, CDS_THREADS, CDS_TIMEOUT). It is
+a module of the package, so an installed service (the wheel, the container image) has it too. Gunicorn's
+own lines (start-up, workers, access) are written as the same JSON lines as the service's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gunicorn.glogging import Logger
+
+from cds_service.config import load_settings
+from cds_service.observability import HookInstanceFilter, JsonFormatter
+from cds_service.security import unauthenticated_bind_problem
+
+bind = [b.strip() for b in os.environ.get("CDS_BIND", "127.0.0.1:8080").split(",") if b.strip()]
+workers = int(os.environ.get("CDS_WORKERS", "2"))
+threads = int(os.environ.get("CDS_THREADS", "16"))
+worker_class = "gthread"
+preload_app = True  # load knowledge and migrate once, in the master, then fork (faster cold start)
+timeout = int(os.environ.get("CDS_TIMEOUT", "30"))
+graceful_timeout = 20
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+logger_class = "cds_service.gunicorn_conf.JsonLogger"
+
+
+class JsonLogger(Logger):
+    """Gunicorn's error and access logs as the service's JSON lines (one format for every line)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(JsonFormatter())
+                handler.addFilter(HookInstanceFilter())
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        if not self.access_log_enabled:
+            return
+        path = environ.get("PATH_INFO", "")
+        self.access_log.info("%s %s %s", environ.get("REQUEST_METHOD"), path, resp.status_code, extra={
+            "status": resp.status_code, "remote": environ.get("REMOTE_ADDR"), "bytes": getattr(resp, "sent", None),
+            "latency_ms": round(request_time.total_seconds() * 1000, 2)})
+
+
+def on_starting(server: Any) -> None:
+    """Refuse to serve unauthenticated on a non-loopback address unless explicitly allowed."""
+    problem = unauthenticated_bind_problem(server.cfg.bind, load_settings())
+    if problem:
+        raise SystemExit(problem)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
