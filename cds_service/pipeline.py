@@ -85,7 +85,9 @@ class Pipeline:
     public_base_url: str = ""
 
     def handle_hook(self, service_id: str, body: Any, client: Client | None = None,
-                    base_url: str = "") -> dict[str, Any]:
+                    base_url: str = "", record: bool = True) -> dict[str, Any]:
+        """Answer one hook call. ``record=False`` (the playground) runs the same path but neither reads
+        nor writes the store: no retry replay, fresh assertion ids, nothing kept."""
         started = time.perf_counter()
         deadline = time.monotonic() + self.fhir.budget_seconds  # for everything fetched in this call
         service = self.services[service_id]
@@ -94,7 +96,7 @@ class Pipeline:
         iss = client.iss if client else ""
         retry_key = _digest(f"{iss}\n{request.hook_instance}")
         digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        if (replay := self._recorded(retry_key, digest)) is not None:
+        if record and (replay := self._recorded(retry_key, digest)) is not None:
             return replay
         if request.requested_version not in (None, terminology.CRD_VERSION):
             raise RequestError(f"CRD version {request.requested_version} is not supported; this service implements "
@@ -130,13 +132,15 @@ class Pipeline:
                                     else ("coverage-not-established", selection.message))
         decision = decide(judgements, selection, self.knowledge, ctx)
 
-        issued = self._issue(decision, request, iss)
+        issued = self._issue(decision, request, iss, look_up=record)
         options = RenderOptions(disabled, primary_hook=service.primary, sandbox_note=sandbox_note)
         rendered = render(decision, issued, self.knowledge, ctx, options)
         for j in decision.judgements:
             for v in j.verdicts or ():
                 DECISIONS.labels(v.reason).inc()
 
+        if not record:
+            return rendered.response
         assertions = [self._assertion_row(request, iss, j, i)
                       for j in decision.judgements for i in issued.get(j.order.reference, []) if i.new]
         now = utcnow()
@@ -221,7 +225,8 @@ class Pipeline:
             log.warning("%s fetch failed: %s", resource_type, exc)
             return None, f"the {resource_type} search on the fhirServer failed ({exc})"
 
-    def _issue(self, decision: Decision, request: HookRequest, iss: str) -> dict[str, list[Issued]]:
+    def _issue(self, decision: Decision, request: HookRequest, iss: str,
+               look_up: bool = True) -> dict[str, list[Issued]]:
         """Assertion ids that stay put: a verdict already given for this order and Coverage keeps its id
         and date; an order that carries exactly that coverage-information gets no system action (CRD
         resp-35). A verdict that changed gets a new id."""
@@ -230,7 +235,7 @@ class Pipeline:
             held = {(ref, aid): verdict for ref, aid, verdict in j.order.held}
             for v in j.verdicts:
                 subject = _subject_key(iss, request.patient_id, j.order.reference, v.coverage.reference)
-                previous = self.store.issued_assertion(subject, v.information.fingerprint)
+                previous = self.store.issued_assertion(subject, v.information.fingerprint) if look_up else None
                 if previous is not None:
                     information = v.information.issued(*previous)
                     send = held.get((v.coverage.reference, previous[0])) != information.verdict_json()

@@ -570,3 +570,16 @@ def test_deployment_settings_extend_who_the_payer_and_the_fep_are(service_factor
 def test_bad_payer_identifier_setting_stops_start_up(service_factory: Any) -> None:
     with pytest.raises(ValueError, match="PAYER_IDENTIFIERS"):
         service_factory(PAYER_IDENTIFIERS="no-bar")
+
+
+def test_the_playground_endpoint_answers_like_the_hook_and_keeps_nothing(cds: LiveService) -> None:
+    body = hook_request(service_request("0530U", "2025-03-03"))
+    tried = cds.http.post(cds.url(f"/playground/evaluate/{SIGN}"), json=body, timeout=5)
+    assert tried.status_code == 200
+    again = cds.http.post(cds.url(f"/playground/evaluate/{SIGN}"), timeout=5,
+                          json={**hook_request(service_request("0091U")), "hookInstance": body["hookInstance"]})
+    assert again.status_code == 200  # no retry bookkeeping: nothing was kept to compare with
+    assert cds.pipeline.store.count(hook_calls) == 0 and cds.pipeline.store.count(coverage_assertions) == 0
+    answered = cds.call(body)
+    assert [c["summary"] for c in answered["cards"]] == [c["summary"] for c in tried.json()["cards"]]
+    _outcome(cds.http.post(cds.url("/playground/evaluate/nope"), json=body, timeout=5), 404)

@@ -306,3 +306,33 @@ def test_jwt_protected_service_explains_the_playground_needs_local_mode(
     WebDriverWait(driver, WAIT).until(lambda d: seq(d) > before)
     alert = driver.find_element(By.CSS_SELECTOR, "#result [role=alert]")
     assert "401" in alert.text and "without trusted issuers" in alert.text
+
+
+def test_a_stated_purpose_routes_and_order_select_is_answered(page: Any, knowledge: Any) -> None:
+    purpose = next(iter(sorted(knowledge.purposes)))
+    Select(page.find_element(By.ID, "purpose")).select_by_value(purpose)
+    Select(page.find_element(By.ID, "hook")).select_by_value("order-select")
+    choose(page, test="0530U", date="2025-03-03", plan="commercial")
+    assert page.find_element(By.ID, "service-path").text.endswith("liquid-biopsy-order-select")
+    submit(page)
+    sent = raw_json(page, "raw-request")
+    assert sent["hook"] == "order-select" and sent["context"]["selections"] == ["ServiceRequest/playground-order"]
+    reasons = sent["context"]["draftOrders"]["entry"][0]["resource"]["reasonCode"]
+    assert {"system": knowledge.purpose_system, "code": purpose} in [
+        {k: c[k] for k in ("system", "code")} for r in reasons for c in r["coding"]]
+    assert page.find_elements(By.CLASS_NAME, "card"), "the purpose-routed order got no card"
+    assert page.find_element(By.ID, "raw-request-meta").text.startswith("POST /playground/evaluate/")
+
+
+def test_the_playground_records_nothing(driver: Any, service_factory: Any) -> None:
+    from cds_service.store import cards, coverage_assertions, hook_calls
+
+    service = service_factory()
+    driver.get(service.url("/"))
+    WebDriverWait(driver, WAIT).until(
+        lambda d: d.find_element(By.ID, "playground-form").get_attribute("data-ready") == "true")
+    choose(driver, test="0530U", date="2025-03-03", plan="commercial")
+    submit(driver)
+    wait_for_card(driver, "warning", "0530U")
+    store = service.pipeline.store
+    assert (store.count(hook_calls), store.count(coverage_assertions), store.count(cards)) == (0, 0, 0)

@@ -95,6 +95,17 @@ def call_service(service_id: str) -> Response:
     return json_response(engine.handle_hook(service_id, _read_json(), client, request.host_url))
 
 
+@bp.post("/playground/evaluate/<service_id>")
+def playground_evaluate(service_id: str) -> Response:
+    """The playground's try-out of a hook: the same pipeline and authentication, nothing recorded (the
+    decision records hold what EHRs were told, not what someone tried in a browser)."""
+    engine = current_pipeline()
+    client = authenticated_client()
+    if service_id not in engine.services:
+        return operation_outcome(404, f"No CDS service with id '{service_id}'")
+    return json_response(engine.handle_hook(service_id, _read_json(), client, request.host_url, record=False))
+
+
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> Response:
     engine = current_pipeline()

@@ -208,6 +208,15 @@ def _paths(services: list[ServiceDeclaration], secured: dict[str, Any]) -> dict[
                           "409": _problem("This hookInstance was already used for a different request"),
                           "422": _problem("A CRD version this service does not implement was requested"),
                           **_unauthenticated(secured)}}}
+        paths[f"/playground/evaluate/{s.id}"] = {"post": {
+            "summary": f"Try {s.id} from the playground: the same answer, nothing recorded", **secured,
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": ref(f"HookRequest-{s.id}")}}},
+            "responses": {"200": _json(ref("HookResponse"), "Cards and coverage information (assertion ids not "
+                                                            "kept)"), **POST_PROBLEMS,
+                          "400": _problem("Malformed request, or (CRD hook-13) no Coverage this endpoint handles"),
+                          "422": _problem("A CRD version this service does not implement was requested"),
+                          **_unauthenticated(secured)}}}
         paths[f"/cds-services/{s.id}/feedback"] = {"post": {
             "summary": f"Feedback on cards of {s.id}", **secured,
             "requestBody": {"required": True, "content": {"application/json": {"schema": ref("FeedbackRequest")}}},

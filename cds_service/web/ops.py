@@ -118,6 +118,8 @@ def playground_options() -> Response:
             {"id": "fep", "label": k.variations[0].name, "planName": k.variations[0].name},
             {"id": "none", "label": "No active coverage", "planName": ""},
         ],
+        "purposes": [{"code": code, "display": display} for code, display in sorted(k.purpose_display.items())],
+        "purposeSystem": k.purpose_system,
         "codeSystem": k.code_system_cpt,
         "services": services,
         "policy": k.policy_label,

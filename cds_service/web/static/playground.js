@@ -182,6 +182,13 @@
       diagnosis.appendChild(el("option", { value: d.code, text: code + " — " + d.display }));
     });
 
+    var purpose = $("purpose");
+    clear(purpose);
+    purpose.appendChild(el("option", { value: "", text: "None" }));
+    (data.purposes || []).forEach(function (p) {
+      purpose.appendChild(el("option", { value: p.code, text: p.display }));
+    });
+
     var plan = $("plan");
     clear(plan);
     (data.plans || []).forEach(function (p) {
@@ -199,13 +206,21 @@
     dateHint.textContent = data.policy + " was retired on " + data.retirement + " (last day in force " +
       data.lastDayInForce + "): dates of service on or after " + data.retirement +
       " show the retirement notice instead of the policy's verdict.";
-    $("service-path").textContent = "/cds-services/" + data.services["order-sign"];
+    updateServicePath();
 
-    [test, diagnosis, plan, $("evaluate")].forEach(function (node) { node.disabled = false; });
+    [test, diagnosis, purpose, plan, $("hook"), $("evaluate")].forEach(function (node) { node.disabled = false; });
     updateTestHint();
     $("options-status").textContent = "";
     $("options-status").hidden = true;
     $("playground-form").setAttribute("data-ready", "true");
+  }
+
+  function evaluatePath() {
+    return "/playground/evaluate/" + encodeURIComponent(options.services[$("hook").value]);
+  }
+
+  function updateServicePath() {
+    $("service-path").textContent = evaluatePath();
   }
 
   function updateTestHint() {
@@ -258,6 +273,10 @@
       if (d.code === category) { reasons.push({ coding: [{ system: d.system, code: diagnosisCode(d.code) }] }); }
     });
     if ($("metastases").checked) { reasons.push({ coding: [{ system: icdSystem, code: METASTASES_CODE }] }); }
+    var purpose = (options.purposes || []).filter(function (p) { return p.code === $("purpose").value; })[0];
+    if (purpose) {
+      reasons.push({ coding: [{ system: options.purposeSystem, code: purpose.code, display: purpose.display }] });
+    }
     if (reasons.length) { order.reasonCode = reasons; }
 
     var planId = $("plan").value;
@@ -279,14 +298,17 @@
         }
       });
     }
+    var hook = $("hook").value;
+    var context = {
+      userId: "Practitioner/playground",
+      patientId: PATIENT_ID,
+      draftOrders: { resourceType: "Bundle", type: "collection", entry: [{ resource: order }] }
+    };
+    if (hook === "order-select") { context.selections = ["ServiceRequest/" + ORDER_ID]; }
     return {
-      hook: "order-sign",
+      hook: hook,
       hookInstance: uuid4(),
-      context: {
-        userId: "Practitioner/playground",
-        patientId: PATIENT_ID,
-        draftOrders: { resourceType: "Bundle", type: "collection", entry: [{ resource: order }] }
-      },
+      context: context,
       prefetch: {
         patient: { resourceType: "Patient", id: PATIENT_ID },
         coverage: coverage
@@ -483,8 +505,7 @@
       return;
     }
     var body = buildRequest();
-    var serviceId = options.services["order-sign"];
-    var path = "/cds-services/" + encodeURIComponent(serviceId);
+    var path = evaluatePath();
     $("raw-request").textContent = pretty(body);
     $("raw-request-meta").textContent = "POST " + path;
     $("raw-response").textContent = "";
@@ -493,7 +514,7 @@
     result.setAttribute("aria-busy", "true");
     result.setAttribute("data-state", "loading");
     $("evaluate").disabled = true;
-    setStatus(el("p", { className: "status", text: "Sending the order-sign request…" }));
+    setStatus(el("p", { className: "status", text: "Sending the " + body.hook + " request…" }));
     var started = performance.now();
 
     fetch(path, {
@@ -583,6 +604,7 @@
   function start() {
     $("playground-form").addEventListener("submit", evaluate);
     $("test").addEventListener("change", updateTestHint);
+    $("hook").addEventListener("change", updateServicePath);
     Array.prototype.forEach.call(document.querySelectorAll("button.copy"), function (b) {
       b.addEventListener("click", onCopy);
     });
