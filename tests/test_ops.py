@@ -141,20 +141,30 @@ def test_cards_link_the_policy_page_of_the_public_base_url_or_the_url_called(ser
 # ---------------------------------------------------------------- production server
 
 
-def test_gunicorn_serves_the_app(tmp_path: Path) -> None:
+def test_gunicorn_serves_the_app_and_logs_one_json_format(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'g.sqlite3'}", "CDS_BIND": f"127.0.0.1:{port}",
            "CDS_WORKERS": "2"}
-    proc = subprocess.Popen(GUNICORN,
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out, err = (tmp_path / "out.log").open("wb"), (tmp_path / "err.log").open("wb")
+    proc = subprocess.Popen(GUNICORN, cwd=ROOT, env=env, stdout=out, stderr=err)
     try:
         wait_until_answers(f"http://127.0.0.1:{port}/readyz", proc)
-        answer = requests.post(f"http://127.0.0.1:{port}/cds-services/{SIGN}",
-                               json=hook_request(service_request("0530U", "2025-03-03")), timeout=10)
+        body = hook_request(service_request("0530U", "2025-03-03"))
+        answer = requests.post(f"http://127.0.0.1:{port}/cds-services/{SIGN}", json=body, timeout=10)
         assert answer.status_code == 200 and answer.json()["cards"][0]["indicator"] == "warning"
     finally:
         proc.terminate()
         proc.wait(15)
+        out.close()
+        err.close()
+    lines = [json.loads(line) for f in ("out.log", "err.log") for line in (tmp_path / f).read_text().splitlines()]
+    assert all({"time", "level", "logger", "message"} <= set(entry) for entry in lines)  # every line, one format
+    loggers = {entry["logger"] for entry in lines}
+    assert {"gunicorn.error", "gunicorn.access", "cds_service.requests"} <= loggers, loggers
+    access = next(e for e in lines if e["logger"] == "gunicorn.access" and SIGN in e["message"])
+    assert access["status"] == 200 and access["latency_ms"] > 0
+    app = next(e for e in lines if e["logger"] == "cds_service.requests" and SIGN in e["message"])
+    assert app["hookInstance"] == body["hookInstance"]
 
 
 def test_gunicorn_refuses_unauthenticated_public_bind() -> None:

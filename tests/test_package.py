@@ -90,3 +90,37 @@ def test_the_installed_wheel_serves_and_judges(installed: Path, tmp_path: Path) 
         finally:
             proc.terminate()
             proc.wait(15)
+
+
+def test_constraints_pin_every_distribution_installed_here() -> None:
+    """constraints.txt is the lock: every requirement of the project (service and tests) and of its
+    dependencies is pinned with ==, and what this run installed is exactly that."""
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep, f"not pinned with ==: {line}"
+            pins[canonicalize_name(name)] = version.strip()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in (*project["dependencies"], *project["optional-dependencies"]["test"])]
+    seen: set[str] = set()
+    while wanted:
+        req = wanted.pop()
+        name = canonicalize_name(req.name)
+        if name in seen or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        assert name in pins, f"{req.name} is not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req} excludes the pin {pins[name]}"
+        installed = metadata.version(req.name)
+        assert installed == pins[name], f"{req.name} {installed} is installed, constraints.txt pins {pins[name]}"
+        for dep in metadata.requires(req.name) or []:
+            dep_req = Requirement(dep)
+            if dep_req.marker is None or any(dep_req.marker.evaluate({"extra": e}) for e in ("", *req.extras)):
+                wanted.append(dep_req)
