@@ -1,8 +1,9 @@
-"""The ceiling: the fastest possible answer on the same stack (Flask under the same gunicorn settings).
+"""The ceiling: the fastest possible answer on the same stack (Flask under gunicorn).
 
 It answers every request with a fixed, pre-serialised body recorded from the real service for the
-same request shape (chosen by the ``shape`` query parameter), so the only difference left between
-the two servers is the service's own work.
+same request shape (chosen by the ``case`` query parameter), so the only difference left between
+the two servers is the service's own work. bench/run.py runs it twice: under the fastest gunicorn
+configuration (sync workers, no access log) and under the service's own settings.
 """
 
 from __future__ import annotations
@@ -21,4 +22,4 @@ app = Flask(__name__)
 @app.route("/cds-services/<service_id>", methods=["POST"])
 def fixed(service_id: str | None = None) -> Response:
     request.get_data()  # receive the body like the service does; only parsing and deciding are skipped
-    return Response(BODIES[request.args.get("shape", "discovery")], mimetype="application/json")
+    return Response(BODIES[request.args.get("case", "discovery")], mimetype="application/json")

@@ -1,13 +1,27 @@
-"""Benchmark harness: the service against a same-run ceiling, under the same gunicorn settings.
+"""Benchmark: the production server against an honest ceiling, and the reference peer, in one run.
 
-    .venv/bin/python bench/run.py                      # full run: 10 s warm-up + 20 s measured per case
-    .venv/bin/python bench/run.py --warmup 3 --duration 10 --connections 8
-    .venv/bin/python bench/run.py --duration 10 --rounds 2     # alternate service/ceiling, report medians
-    .venv/bin/python bench/run.py --soak 600           # bounded soak at 8 connections, RSS at start and end
+    .venv/bin/python bench/run.py                                  # every case, 8 connections, 3 rounds
+    .venv/bin/python bench/run.py --peer ../sandbox-cds-services   # ... and the Node reference services
+    .venv/bin/python bench/run.py --cases sign-1-listed --connections 1 8 32 --duration 20
+    .venv/bin/python bench/run.py --soak 600                       # RSS over a bounded soak at 8 connections
 
-Needs wrk (Debian package `wrk`). Everything listens on 127.0.0.1 only; every load is bounded in time.
-Prints a table (requests/s, p50, p99, ratio service/ceiling) and writes the same figures as JSON to
-bench/results/.
+Every server listens on 127.0.0.1 only and every load is bounded in time (wrk, Debian package `wrk`).
+
+The sides, measured in the same alternating rounds (each round runs every side once, in a rotated
+order, so a drift of this shared machine's speed does not land on one side only):
+
+- ``service``: the README's production command (gunicorn with ``python:cds_service.gunicorn_conf``,
+  2 workers, the embedded SQLite store, every guarantee on).
+- ``service-jwt`` (case sign-1-listed-jwt): the same with a trusted issuer; every request carries its
+  own ES384 client JWT (a new jti each time, as CDS Hooks requires).
+- ``ceiling``: the fastest configuration of the same stack: Flask under gunicorn, 2 sync workers, no
+  access log, answering with the service's recorded response bytes for the same request.
+- ``ceiling-same-config``: the same replaying app under the service's own gunicorn settings.
+- ``peer`` (with ``--peer DIR``): the PAMA imaging service of cds-hooks/sandbox-cds-services, one Node
+  process as shipped, sent the equivalent order-select (one rated order, answered with a system action).
+
+Each request carries its own hookInstance (the service answers a repeated hookInstance from its record).
+Prints a table (requests/s, p50, p99, share of the ceiling) and writes it as JSON to bench/results/.
 """
 
 from __future__ import annotations
@@ -24,12 +38,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import jwt
 import requests
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,22 +57,26 @@ from tests.fhir_test_server import FhirTestServer  # noqa: E402
 from tests.processes import free_port, wait_until_answers  # noqa: E402
 
 SIGN = "/cds-services/liquid-biopsy-order-sign"
-WORKERS = 2  # the same for every case, on this 2-core machine
+WORKERS = "2"  # every Python side, on this 2-core machine
+PLACEHOLDER = "00000000-0000-4000-8000-000000000000"  # the hookInstance each request replaces with its own
+ISSUER = "https://ehr.bench.example"
+KEY = ec.generate_private_key(ec.SECP384R1())
+MAX_TOKEN_RATE = 4000  # tokens minted per measured second of the JWT case (more than any side reaches here)
 
 
 @dataclass
-class Shape:
+class Case:
     name: str
     method: str
     path: str
     body: dict[str, Any] | None
+    jwt: bool = False
 
 
-def shapes(fhir_base: str) -> list[Shape]:
+def cases(fhir_base: str) -> list[Case]:
     listed = service_request("0530U", "2025-03-03", rid="lb-1", icd=("C34.90",))
     patient = {"resourceType": "Patient", "id": "p1", "name": [{"family": "Bench", "given": ["Ada"]}],
-               "gender": "female", "birthDate": "1960-01-01",
-               "identifier": [{"system": "urn:oid:2.16.840.1.113883.4.1", "value": "000-00-0000"}]}
+               "gender": "female", "birthDate": "1960-01-01"}
     prefetch = {"patient": patient}
     unrelated = []
     for i in range(9):
@@ -62,52 +84,68 @@ def shapes(fhir_base: str) -> list[Shape]:
         sr["code"] = {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": f"8{5000 + i}"}],
                       "text": f"Routine lab {i}"}
         unrelated.append(sr)
-    no_prefetch = hook_request(listed, coverages=None, prefetch={"patient": patient})
-    no_prefetch["fhirServer"] = fhir_base
-    no_prefetch["fhirAuthorization"] = {"access_token": "bench", "token_type": "Bearer", "expires_in": 300,
-                                        "scope": "patient/Coverage.read", "subject": "cds"}
-    return [
-        Shape("discovery", "GET", "/cds-services", None),
-        Shape("sign-1-listed", "POST", SIGN, hook_request(listed, coverages=(coverage(),), prefetch=prefetch)),
-        Shape("sign-10-orders", "POST", SIGN, hook_request(listed, *unrelated, coverages=(coverage(),),
-                                                           prefetch=prefetch)),
-        Shape("sign-unrelated", "POST", SIGN, hook_request(unrelated[0], coverages=(coverage(),),
-                                                           prefetch=prefetch)),
-        Shape("sign-fhir-fetch", "POST", SIGN, no_prefetch),
+    fetch = hook_request(listed, coverages=None, prefetch=prefetch)
+    fetch["fhirServer"] = fhir_base
+    fetch["fhirAuthorization"] = {"access_token": "bench", "token_type": "Bearer", "expires_in": 300,
+                                  "scope": "patient/Coverage.read", "subject": "cds"}
+    one = hook_request(listed, coverages=(coverage(),), prefetch=prefetch)
+    every = [
+        Case("discovery", "GET", "/cds-services", None),
+        Case("sign-1-listed", "POST", SIGN, one),
+        Case("sign-1-listed-jwt", "POST", SIGN, one, jwt=True),
+        Case("sign-unrelated", "POST", SIGN, hook_request(unrelated[0], coverages=(coverage(),), prefetch=prefetch)),
+        Case("sign-10-orders", "POST", SIGN, hook_request(listed, *unrelated, coverages=(coverage(),),
+                                                          prefetch=prefetch)),
+        Case("sign-fhir-fetch", "POST", SIGN, fetch),
     ]
+    for case in every:
+        if case.body is not None:
+            case.body = {**case.body, "hookInstance": PLACEHOLDER}
+    return every
+
+
+def peer_request() -> dict[str, Any]:
+    """The peer's equivalent of sign-1-listed: one order its rules rate, answered with a system action."""
+    order = {"resourceType": "ServiceRequest", "id": "example-bench", "status": "draft", "intent": "plan",
+             "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "70450"}],
+                      "text": "CT head without contrast"},
+             "subject": {"reference": "Patient/bench"},
+             "reasonCode": [{"coding": [{"system": "http://snomed.info/sct", "code": "25064002", "display": "Headache"},
+                                        {"system": "http://snomed.info/sct", "code": "423341008",
+                                         "display": "Optic disc edema"}]}]}
+    return {"hook": "order-select", "hookInstance": PLACEHOLDER, "fhirServer": "http://127.0.0.1:9/fhir",
+            "context": {"userId": "Practitioner/123", "patientId": "bench", "encounterId": "89284",
+                        "selections": ["ServiceRequest/example-bench"],
+                        "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": order}]}}}
 
 
 class Server:
-    def __init__(self, app: str, env: dict[str, str]) -> None:
+    """A process serving on a free loopback port; ``cold_start`` is process start to first answer."""
+
+    def __init__(self, command: list[str], env: dict[str, str], cwd: Path = ROOT, probe: str = "/cds-services") -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.started = time.perf_counter()
-        self.first_start: float | None = None  # cold start on a new database, when measured separately
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:cds_service.gunicorn_conf", app],
-            cwd=ROOT, env={**os.environ, **env, "CDS_BIND": f"127.0.0.1:{self.port}", "CDS_WORKERS": str(WORKERS)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started = time.perf_counter()
+        full_env = {**os.environ, **env, "CDS_BIND": f"127.0.0.1:{self.port}", "PORT": str(self.port)}
+        self.proc = subprocess.Popen([a.replace("{port}", str(self.port)) for a in command], cwd=cwd, env=full_env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            self.cold_start = self._wait()
+            wait_until_answers(self.base + probe, timeout=60, poll=0.01)
         except BaseException:
             self.stop()  # never leave a server behind
             raise
-
-    def _wait(self) -> float:
-        wait_until_answers(self.base + "/cds-services", timeout=60, poll=0.01)
-        return time.perf_counter() - self.started
+        self.cold_start = time.perf_counter() - started
 
     def rss_kib(self) -> int:
-        """Resident memory of the master and its workers."""
+        """Resident memory of the process and its children (gunicorn's workers)."""
         pids = [self.proc.pid]
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
         if children.exists():
             pids += [int(p) for p in children.read_text().split()]
         total = 0
         for pid in pids:
-            status = Path(f"/proc/{pid}/status")
-            if status.exists():
-                m = re.search(r"VmRSS:\s+(\d+)", status.read_text())
+            with contextlib.suppress(OSError):
+                m = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
                 total += int(m.group(1)) if m else 0
         return total
 
@@ -119,147 +157,229 @@ class Server:
             self.proc.kill()
 
 
+def gunicorn(app: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", *options, app]
+
+
+PRODUCTION = ("-c", "python:cds_service.gunicorn_conf")  # the README's production command
+FASTEST = ("--workers", WORKERS, "--worker-class", "sync", "--bind", "127.0.0.1:{port}")  # no access log
+
+
+@dataclass
+class Side:
+    name: str
+    server: Server
+    body: bytes | None = None  # the request this side is sent (None: the case's own)
+    path: str | None = None
+
+
 LUA = """
-wrk.method = "{method}"
-wrk.headers["Content-Type"] = "application/json"
-{body}
+local method, path = "{method}", "{path}"
+local template, tokens, ntokens, counter, threads = nil, {{}}, 0, 0, {threads}
+local run = "{run}"
+local next_id = 0
+function setup(thread)  -- tid: a global of each thread's own Lua state
+  thread:set("tid", next_id)
+  next_id = next_id + 1
+end
+function init(args)
+  {body}
+  {tokens}
+end
+function request()
+  counter = counter + 1
+  local headers = {{["Content-Type"] = "application/json"}}
+  if ntokens > 0 then
+    local n = (counter - 1) * threads + tid
+    headers["Authorization"] = "Bearer " .. tokens[n % ntokens + 1]
+  end
+  local body = nil
+  if template then
+    local id = string.format("%s-%04x-4%03x-8%03x-%012x", run, tid, 0, 0, counter)
+    body = (string.gsub(template, "{placeholder}", id, 1))
+  end
+  return wrk.format(method, path, headers, body)
+end
 """
 
 
-def wrk(url: str, shape: Shape, body_file: Path | None, connections: int, seconds: int, lua: Path) -> dict[str, float]:
-    body = f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*all"); f:close()' if body_file else ""
-    lua.write_text(LUA.format(method=shape.method, body=body))
+def wrk(base: str, path: str, method: str, body_file: Path | None, token_file: Path | None, connections: int,
+        seconds: int, lua: Path) -> dict[str, float]:
     threads = min(connections, 2)
+    body = f'local f = io.open("{body_file}", "rb"); template = f:read("*all"); f:close()' if body_file else ""
+    tokens = (f'for line in io.lines("{token_file}") do ntokens = ntokens + 1; tokens[ntokens] = line end'
+              if token_file else "")
+    lua.write_text(LUA.format(method=method, path=path, threads=threads, run=uuid.uuid4().hex[:8], body=body,
+                              tokens=tokens, placeholder=PLACEHOLDER.replace("-", "%-")))
     out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
-                          "--timeout", "5s", "-s", str(lua), url], capture_output=True, text=True,
+                          "--timeout", "5s", "-s", str(lua), base], capture_output=True, text=True,
                          timeout=seconds + 60, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
     def pct(p: str) -> float:
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        if not m:
-            return float("nan")
-        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)] if m else float("nan")
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: (.*)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"),
             "non_2xx": float(errors.group(1)) if errors else 0.0,
-            "socket_errors": 1.0 if socket_errors else 0.0}
+            "socket_errors": float(sum(int(g) for g in socket_errors.groups())) if socket_errors else 0.0}
+
+
+def mint_tokens(audience: str, count: int, path: Path) -> Path:
+    """``count`` single-use client JWTs (ES384, 5-minute lifetime, each its own jti), one per line."""
+    now = int(time.time())
+    with path.open("w") as f:
+        for _ in range(count):
+            claims = {"iss": ISSUER, "aud": audience, "exp": now + 300, "iat": now, "jti": uuid.uuid4().hex}
+            f.write(jwt.encode(claims, KEY, algorithm="ES384", headers={"kid": "bench-1"}) + "\n")
+    return path
+
+
+@dataclass
+class Row:
+    case: str
+    connections: int
+    sides: dict[str, dict[str, float]] = field(default_factory=dict)  # medians over rounds
+    rounds: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+
+def measure(case: Case, sides: list[Side], connections: int, args: argparse.Namespace, tmp: Path) -> Row:
+    row = Row(case.name, connections)
+    files: dict[str, Path | None] = {}
+    for side in sides:
+        body = side.body if side.body is not None else (json.dumps(case.body).encode() if case.body else None)
+        files[side.name] = None
+        if body is not None:
+            files[side.name] = tmp / f"{case.name}-{side.name}.json"
+            files[side.name].write_bytes(body)  # type: ignore[union-attr]
+
+    def run(side: Side, seconds: int) -> dict[str, float]:
+        path = side.path or case.path
+        tokens = None
+        if case.jwt and side.name == "service-jwt":
+            tokens = mint_tokens(side.server.base + path, MAX_TOKEN_RATE * seconds, tmp / "tokens.txt")
+        query = "" if side.name in ("peer", "service", "service-jwt") else f"?case={case.name}"
+        return wrk(side.server.base, path + query, case.method, files[side.name], tokens, connections, seconds,
+                   tmp / "load.lua")
+
+    for side in sides:
+        if args.warmup:
+            run(side, args.warmup)
+    for r in range(args.rounds):
+        order = sides[r % len(sides):] + sides[:r % len(sides)]
+        for side in order:
+            row.rounds.setdefault(side.name, []).append(run(side, args.duration))
+    for name, runs in row.rounds.items():
+        row.sides[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    ceiling = row.rounds["ceiling"]
+    for name, runs in row.rounds.items():
+        row.sides[name]["share_of_ceiling"] = statistics.median(
+            s["rps"] / c["rps"] for s, c in zip(runs, ceiling, strict=True))
+    print(f"  {case.name} @ {connections}: " + ", ".join(f"{n} {v['rps']:.0f} rps" for n, v in row.sides.items()),
+          file=sys.stderr)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--warmup", type=int, default=10, help="seconds of warm-up per case (not measured)")
-    parser.add_argument("--duration", type=int, default=20, help="seconds measured per case")
-    parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="alternating service/ceiling measurements per case; medians are reported")
-    parser.add_argument("--shapes", nargs="+", help="only these shapes")
+    parser.add_argument("--warmup", type=int, default=5, help="seconds of warm-up per side and case (not measured)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds measured per side, case and round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per case; medians are reported")
+    parser.add_argument("--connections", type=int, nargs="+", default=[8])
+    parser.add_argument("--cases", nargs="+", help="only these cases")
+    parser.add_argument("--peer", type=Path, help="a checkout of cds-hooks/sandbox-cds-services with its "
+                                                  "dependencies installed (see the README)")
     parser.add_argument("--soak", type=int, default=0, help="soak mode: seconds (at most 600) at 8 connections")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for the JSON figures")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
+    if args.peer and not (args.peer / "server.js").exists():
+        sys.exit(f"{args.peer} is not a checkout of cds-hooks/sandbox-cds-services (no server.js)")
 
     with tempfile.TemporaryDirectory() as tmp_dir, contextlib.ExitStack() as running:
         tmp = Path(tmp_dir)
         fhir = FhirTestServer()
         running.callback(fhir.close)
         fhir.coverages = [coverage("bench-cov")]
-        service_env = {
-            "CDS_DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}", "CDS_FHIR_SERVERS": fhir.base,
-            "CDS_FHIR_ALLOW_HTTP": "true", "CDS_TRUSTED_ISSUERS": "", "CDS_ALLOW_UNAUTHENTICATED": "false"}
-        # Cold start twice: on a new database (creates the schema), then a restart on the existing one.
-        first = Server("cds_service.wsgi:app", service_env)
-        first.stop()
-        service = Server("cds_service.wsgi:app", service_env)
-        service.first_start = first.cold_start
-        running.callback(service.stop)
-        every_shape = shapes(fhir.base)
-        chosen = [s for s in every_shape if not args.shapes or s.name in args.shapes]
+        env = {"CDS_DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}", "CDS_FHIR_SERVERS": fhir.base,
+               "CDS_FHIR_ALLOW_HTTP": "true", "CDS_TRUSTED_ISSUERS": "", "CDS_ALLOW_UNAUTHENTICATED": "false",
+               "CDS_WORKERS": WORKERS}
 
-        # Record the service's real answer per shape; the ceiling replays it, same size, same bytes.
-        # Discovery is always recorded: it is also how both servers are seen to be up.
-        bodies: dict[str, str] = {}
-        for shape in every_shape:
-            if shape in chosen or shape.name == "discovery":
-                url = f"{service.base}{shape.path}?shape={shape.name}"
-                resp = requests.request(shape.method, url, json=shape.body, timeout=10)
-                resp.raise_for_status()
-                bodies[shape.name] = resp.text
-        (tmp / "bodies.json").write_text(json.dumps(bodies))
-        ceiling = Server("bench.ceiling:app", {"CEILING_BODIES": str(tmp / "bodies.json"), "PYTHONPATH": str(ROOT)})
-        running.callback(ceiling.stop)
+        def start(command: list[str], extra: dict[str, str], **kw: Any) -> Server:
+            server = Server(command, {**env, **extra}, **kw)
+            running.callback(server.stop)
+            return server
+
+        # Cold start on a new database (creates the schema), then the server measured, on the existing one.
+        first = Server(gunicorn("cds_service.wsgi:app", *PRODUCTION), env)
+        first.stop()
+        service = start(gunicorn("cds_service.wsgi:app", *PRODUCTION), {})
+        cold = {"service_new_database": first.cold_start, "service": service.cold_start}
+        every = [c for c in cases(fhir.base) if not args.cases or c.name in args.cases]
 
         if args.soak:
-            soak(service, every_shape[1], tmp, min(args.soak, 600))
-        else:
-            results = measure(service, ceiling, chosen, bodies, args, tmp)
-            report(results, service, ceiling, args)
+            soak(service, next(c for c in every if c.name == "sign-1-listed"), tmp, min(args.soak, 600))
+            return
+
+        # The ceiling answers with the service's own response bytes for each case.
+        bodies = {}
+        for case in [c for c in cases(fhir.base) if c.name == "discovery"] + every:
+            body = case.body and {**case.body, "hookInstance": str(uuid.uuid4())}
+            resp = requests.request(case.method, service.base + case.path, json=body, timeout=10)
+            resp.raise_for_status()
+            bodies[case.name] = resp.text
+        (tmp / "bodies.json").write_text(json.dumps(bodies))
+        replay = {"CEILING_BODIES": str(tmp / "bodies.json"), "PYTHONPATH": str(ROOT)}
+        ceiling = start(gunicorn("bench.ceiling:app", *FASTEST), replay)
+        same_config = start(gunicorn("bench.ceiling:app", *PRODUCTION), replay)
+        cold["ceiling"] = ceiling.cold_start
+        secured = peer = None
+        if any(c.jwt for c in every):
+            issuers = tmp / "issuers.json"
+            public = {**ECAlgorithm.to_jwk(KEY.public_key(), as_dict=True), "kid": "bench-1", "use": "sig"}
+            issuers.write_text(json.dumps({"issuers": [{"iss": ISSUER, "jwks": {"keys": [public]},
+                                                         "fhir_servers": []}]}))
+            secured = start(gunicorn("cds_service.wsgi:app", *PRODUCTION),
+                            {"CDS_TRUSTED_ISSUERS": str(issuers), "CDS_ALLOW_UNAUTHENTICATED": "false",
+                             "CDS_DATABASE_URL": f"sqlite:///{tmp / 'bench-jwt.sqlite3'}"})
+        if args.peer:
+            peer = start(["node", "server.js"], {}, cwd=args.peer.resolve())
+            cold["peer"] = peer.cold_start
+
+        rows = []
+        for case in every:
+            sides = [Side("service", service), Side("ceiling", ceiling), Side("ceiling-same-config", same_config)]
+            if case.jwt:
+                sides[0] = Side("service-jwt", secured)  # type: ignore[arg-type]
+                sides.append(Side("service", service))
+            if peer and case.name == "sign-1-listed":
+                sides.append(Side("peer", peer, json.dumps(peer_request()).encode(), "/cds-services/pama-imaging"))
+            for connections in args.connections:
+                rows.append(measure(case, sides, connections, args, tmp))
+        report(rows, cold, args)
 
 
-def measure(service: Server, ceiling: Server, all_shapes: list[Shape], bodies: dict[str, str],
-            args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
-    """Each case: warm both servers, then ``rounds`` alternating service/ceiling measurements.
-
-    The machine is shared and its speed drifts (the same ceiling has measured 1,700-4,800 rps within
-    minutes here); alternating, and reporting medians of the per-round figures, keeps a drift from
-    landing on one side only."""
-    results = []
-    for shape in all_shapes:
-        body_file = None
-        if shape.body is not None:
-            body_file = tmp / f"{shape.name}.json"
-            body_file.write_text(json.dumps(shape.body))
-        for conns in args.connections:
-            sides = {"service": service, "ceiling": ceiling}
-            urls = {name: f"{server.base}{shape.path}?shape={shape.name}" for name, server in sides.items()}
-            if args.warmup:
-                for name in sides:
-                    wrk(urls[name], shape, body_file, conns, args.warmup, tmp / "w.lua")
-            rounds: dict[str, list[dict[str, float]]] = {"service": [], "ceiling": []}
-            for r in range(args.rounds):
-                for name in (("service", "ceiling") if r % 2 == 0 else ("ceiling", "service")):
-                    rounds[name].append(wrk(urls[name], shape, body_file, conns, args.duration, tmp / "m.lua"))
-            ratios = [s["rps"] / c["rps"] for s, c in zip(rounds["service"], rounds["ceiling"], strict=True)]
-            row: dict[str, Any] = {
-                "shape": shape.name, "connections": conns,
-                "request_bytes": body_file.stat().st_size if body_file else 0,
-                "response_bytes": len(bodies[shape.name].encode()),
-                **{name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-                   for name, runs in rounds.items()},
-                "ratio": statistics.median(ratios), "ratio_per_round": ratios, "rounds": rounds,
-            }
-            results.append(row)
-            print(f"  measured {shape.name} @ {conns}: {row['service']['rps']:.0f} vs {row['ceiling']['rps']:.0f} rps"
-                  f" (ratio per round: {', '.join(f'{x:.2f}' for x in ratios)})", file=sys.stderr)
-    return results
-
-
-def report(results: list[dict[str, Any]], service: Server, ceiling: Server, args: argparse.Namespace) -> None:
-    header = f"{'shape':17} {'conn':>4} {'svc rps':>8} {'ceil rps':>8} {'ratio':>6} {'svc p50':>8} {'svc p99':>8} " \
-             f"{'ceil p50':>8} {'ceil p99':>8}"
+def report(rows: list[Row], cold: dict[str, float], args: argparse.Namespace) -> None:
+    header = f"{'case':18} {'conn':>4} {'side':20} {'rps':>7} {'share':>6} {'p50':>8} {'p99':>8} {'non-2xx':>7}"
     print(header)
     print("-" * len(header))
-    for r in results:
-        s, c = r["service"], r["ceiling"]
-        print(f"{r['shape']:17} {r['connections']:>4} {s['rps']:>8.0f} {c['rps']:>8.0f} {r['ratio']:>6.2f} "
-              f"{s['p50_ms']:>6.2f}ms {s['p99_ms']:>6.2f}ms {c['p50_ms']:>6.2f}ms {c['p99_ms']:>6.2f}ms")
-    print(f"cold start (process start -> first discovery answer): service {service.cold_start:.2f} s "
-          f"(on a new database {service.first_start:.2f} s), ceiling {ceiling.cold_start:.2f} s")
-    out_dir = ROOT / "bench" / "results"
-    out_dir.mkdir(exist_ok=True)
+    for row in rows:
+        for name, s in row.sides.items():
+            print(f"{row.case:18} {row.connections:>4} {name:20} {s['rps']:>7.0f} {s['share_of_ceiling']:>6.2f} "
+                  f"{s['p50_ms']:>6.2f}ms {s['p99_ms']:>6.2f}ms {s['non_2xx'] + s['socket_errors']:>7.0f}")
+    print("cold start (process start -> first discovery answer): " +
+          ", ".join(f"{k} {v:.2f} s" for k, v in cold.items()))
+    args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = out_dir / f"bench-{stamp}.json"
+    path = args.out / f"bench-{stamp}.json"
     path.write_text(json.dumps({
         "when": stamp, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "commit": _commit(),
-        "settings": {"workers": WORKERS, "warmup_s": args.warmup, "duration_s": args.duration,
-                     "rounds": args.rounds},
-        "cold_start_s": {"service": service.cold_start, "service_new_database": service.first_start,
-                         "ceiling": ceiling.cold_start},
-        "results": results}, indent=2))
-    print(f"figures written to {path.relative_to(ROOT)}")
+        "commit": _commit(), "settings": {k: str(v) for k, v in vars(args).items()},
+        "cold_start_s": cold, "results": [row.__dict__ for row in rows]}, indent=2))
+    print(f"figures written to {path}")
 
 
 def _commit() -> str:
@@ -270,26 +390,20 @@ def _commit() -> str:
         return "unknown"
 
 
-@dataclass
-class SoakResult:
-    seconds: int
-    rss_start_kib: int
-    rss_end_kib: int
-    growth_pct: float
-    rps: float
-    p99_ms: float
-
-
-def soak(service: Server, shape: Shape, tmp: Path, seconds: int) -> None:
-    body_file = tmp / "soak.json"
-    body_file.write_text(json.dumps(shape.body))
-    url = f"{service.base}{shape.path}?shape={shape.name}"
-    wrk(url, shape, body_file, 8, 10, tmp / "w.lua")  # warm-up so the start figure is steady-state
+def soak(service: Server, case: Case, tmp: Path, seconds: int) -> None:
+    """RSS of the production server before and after ``seconds`` of load (after a warm-up)."""
+    body = tmp / "soak.json"
+    body.write_text(json.dumps(case.body))
+    wrk(service.base, case.path, case.method, body, None, 8, 20, tmp / "w.lua")
     start = service.rss_kib()
-    stats = wrk(url, shape, body_file, 8, seconds, tmp / "s.lua")
-    end = service.rss_kib()
-    result = SoakResult(seconds, start, end, 100.0 * (end - start) / start, stats["rps"], stats["p99_ms"])
-    print(json.dumps(asdict(result), indent=2))
+    samples = [start]
+    stats: dict[str, float] = {}
+    for _ in range(max(1, seconds // 60)):  # one RSS sample a minute
+        stats = wrk(service.base, case.path, case.method, body, None, 8, min(60, seconds), tmp / "s.lua")
+        samples.append(service.rss_kib())
+    end = samples[-1]
+    print(json.dumps({"seconds": seconds, "rss_kib_per_minute": samples, "growth_pct": 100.0 * (end - start) / start,
+                      "last_minute_rps": stats["rps"], "last_minute_p99_ms": stats["p99_ms"]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 from cds_service import terminology
 from cds_service.coverage_information import CoverageInformation, extensions_on
 from cds_service.decision import Decision, OrderJudgement, PayerKind, Verdict
-from cds_service.decision.rules import Context, fill, governing_policies, policy_url, wording
+from cds_service.decision.rules import Context, Wording, fill, governing_policies, policy_url, wording
 from cds_service.fhir_json import pruned
 from cds_service.knowledge.model import Knowledge, Link
 
@@ -56,8 +56,8 @@ def render(decision: Decision, issued: dict[str, list[Issued]], knowledge: Knowl
         cards += [(t, j.order.reference, c) for t, c in _order_cards(j, knowledge, ctx, options)]
     if decision.judgements and options.sandbox_note:
         template, why = options.sandbox_note
-        values = {"tests": ", ".join(dict.fromkeys(j.label for j in decision.judgements)),
-                  "policy": knowledge.policy_label, "payer": knowledge.publisher, "problem_detail": why}
+        values = Wording.of({"tests": ", ".join(dict.fromkeys(j.label for j in decision.judgements)),
+                             "policy": knowledge.policy_label, "payer": knowledge.publisher, "problem_detail": why})
         cards.append((template, "", _card(template, knowledge, options, values, [])))
     shown = [(t, ref, c) for t, ref, c in cards if c["source"]["topic"]["code"] not in options.disabled_card_types]
 
@@ -141,7 +141,7 @@ def _route_note(j: OrderJudgement, knowledge: Knowledge) -> str:
 
 
 def _remove_order_card(j: OrderJudgement, knowledge: Knowledge, options: RenderOptions,
-                       values: dict[str, str]) -> dict[str, Any]:
+                       values: Wording) -> dict[str, Any]:
     card = _card("remove-order", knowledge, options, values, [])
     card["selectionBehavior"] = "at-most-one"
     card["suggestions"] = [{
@@ -154,7 +154,7 @@ def _remove_order_card(j: OrderJudgement, knowledge: Knowledge, options: RenderO
     return card
 
 
-def _card(template_id: str, knowledge: Knowledge, options: RenderOptions, values: dict[str, str],
+def _card(template_id: str, knowledge: Knowledge, options: RenderOptions, values: Wording,
           links: list[Link]) -> dict[str, Any]:
     template = knowledge.templates[template_id]
     summary = fill(template.summary, values)

@@ -8,14 +8,18 @@ committed before the HTTP response is sent. Names and other demographics are nev
 from __future__ import annotations
 
 import fcntl
+import json
+import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -29,6 +33,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -41,7 +46,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql import Select
 
+log = logging.getLogger(__name__)
 metadata = MetaData()
 
 hook_calls = Table(
@@ -208,13 +215,26 @@ def current_revision(engine: Engine) -> str | None:
         return str(revision) if revision is not None else None
 
 
+def _json_text(value: Any) -> str:
+    """JSON columns as orjson writes them (what the HTTP answer was), ~10x faster than the json module."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _json_value(text: str | bytes) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # rows written by the json module before: it wrote NaN and Infinity
+        return json.loads(text)
+
+
 def make_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
+    json_options = {"json_serializer": _json_text, "json_deserializer": _json_value}
     if url.startswith("sqlite") and make_url(url).database in (None, "", ":memory:"):
         # One shared connection, or every thread would get its own empty in-memory database.
-        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False}, **json_options)
     else:
         # A server can drop idle connections; a file cannot, so SQLite skips the ping per checkout.
-        engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"), pool_use_lifo=True, **json_options)
     if engine.dialect.name == "sqlite":
         if sqlite_synchronous not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"setting SQLITE_SYNCHRONOUS: {sqlite_synchronous!r} is not NORMAL, FULL or EXTRA")
@@ -235,8 +255,19 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._write_lock = _SqliteWriteLock(engine)
+        self._checkpoints = _Checkpointer(engine)
         self._insert = {t.name: _Insert(t, engine.dialect) for t in (hook_calls, coverage_assertions, feedback,
                                                                       seen_jti, cards, verdicts)}
+        assertions = coverage_assertions.c
+        self._queries = {name: _Query(statement, engine.dialect) for name, statement in {
+            "recorded_response": select(hook_calls.c.request_digest, hook_calls.c.response)
+            .where(hook_calls.c.retry_key == bindparam("retry_key")),
+            "issued_assertion": select(assertions.assertion_id, assertions.assertion_date)
+            .where(assertions.subject_key == bindparam("subject_key"),
+                   assertions.fingerprint == bindparam("fingerprint"))
+            .order_by(assertions.assertion_date.desc()).limit(1),
+        }.items()}
+        self._integrity_error = engine.dialect.loaded_dbapi.IntegrityError
 
     def require_current_schema(self) -> None:
         current, head = current_revision(self.engine), SCHEMA_REVISION
@@ -258,31 +289,29 @@ class Store:
         """Store one call with its verdicts, new assertions and cards, in one transaction. False when a
         call with the same retry key is already stored (an EHR retry raced this one): nothing is written."""
         sql, params = self._insert["hook_calls"].prepare([call])
+        new_assertions = self._insert["coverage_assertions"].prepare(assertions) if assertions else None
+        self._checkpoints.ensure_running()
         try:
-            with self._write_lock, self.engine.begin() as conn:
-                call_id = conn.exec_driver_sql(sql, params[0]).scalar_one()
-                for table, rows in ((verdicts, verdict_rows), (coverage_assertions, assertions), (cards, issued_cards)):
+            with self._write_lock, self._transaction() as cursor:
+                cursor.execute(sql, params[0])
+                call_id = cursor.fetchone()[0]
+                if new_assertions:
+                    cursor.executemany(*new_assertions)
+                for table, rows in ((verdicts, verdict_rows), (cards, issued_cards)):  # linked to the call
                     if rows:
-                        linked = [{**r, "call_id": call_id} for r in rows] if "call_id" in table.c else rows
-                        conn.exec_driver_sql(*self._insert[table.name].prepare(linked))
-        except IntegrityError:
+                        cursor.executemany(*self._insert[table.name].prepare([{**r, "call_id": call_id} for r in rows]))
+        except self._integrity_error:
             return False
         return True
 
     def recorded_response(self, retry_key: str) -> tuple[str, dict[str, Any]] | None:
         """(request digest, response) of a stored call."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(hook_calls.c.request_digest, hook_calls.c.response)
-                               .where(hook_calls.c.retry_key == retry_key)).first()
+        row = self._first("recorded_response", retry_key=retry_key)
         return (row[0], row[1]) if row else None
 
     def issued_assertion(self, subject_key: str, fingerprint: str) -> tuple[str, date] | None:
         """(assertion id, assertion date) of the verdict already given for this order and Coverage."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(coverage_assertions.c.assertion_id, coverage_assertions.c.assertion_date)
-                               .where(coverage_assertions.c.subject_key == subject_key,
-                                      coverage_assertions.c.fingerprint == fingerprint)
-                               .order_by(coverage_assertions.c.assertion_date.desc()).limit(1)).first()
+        row = self._first("issued_assertion", subject_key=subject_key, fingerprint=fingerprint)
         return (row[0], row[1]) if row else None
 
     def cards_by_uuid(self, uuids: set[str]) -> dict[str, dict[str, Any]]:
@@ -297,11 +326,45 @@ class Store:
     def _write(self, first: Any, *inserts: tuple[Table, list[dict[str, Any]]]) -> None:
         """Run ``first`` (a statement or None) and the inserts in one transaction, committed on return."""
         prepared = [self._insert[table.name].prepare(rows) for table, rows in inserts if rows]
+        self._checkpoints.ensure_running()
         with self._write_lock, self.engine.begin() as conn:
             if first is not None:
                 conn.execute(first)
             for sql, params in prepared:
                 conn.exec_driver_sql(sql, params)
+
+    # The hot path (every hook call) talks to the driver directly, with statements compiled once: there
+    # SQLAlchemy's per-execution work (cache keys, result set-up, connection wrappers) cost several times
+    # what the database itself does. Values go through the columns' own processors, so what is written and
+    # read is exactly what SQLAlchemy would write and read.
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """A driver cursor in a transaction on a pooled connection: committed on return, rolled back on error."""
+        conn = self.engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            try:
+                yield cursor
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            finally:
+                cursor.close()
+        finally:
+            conn.close()
+
+    def _first(self, query: str, **params: str) -> tuple[Any, ...] | None:
+        conn = self.engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            try:
+                return self._queries[query].first(cursor, params)
+            finally:
+                cursor.close()
+        finally:
+            conn.close()
 
     def purge(self, cutoff: datetime, dry_run: bool = False) -> dict[str, int]:
         """Delete what is older than ``cutoff``: hook calls received before it with their verdicts, cards
@@ -370,6 +433,27 @@ class _Insert:
         return self.sql, [dict(zip((n for n, _ in self.columns), v, strict=True)) for v in values]
 
 
+class _Query:
+    """One SELECT, compiled once, run on a driver cursor; its values converted by the columns' result
+    processors (what SQLAlchemy would return). Parameters are strings, so they need no conversion."""
+
+    def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self.defaults = dict(compiled.params)  # e.g. the LIMIT
+        self.order = list(compiled.positiontup or ()) if dialect.positional else None
+        self.convert = [c.type.dialect_impl(dialect).result_processor(dialect, None)
+                        for c in statement.selected_columns]
+
+    def first(self, cursor: Any, params: dict[str, str]) -> tuple[Any, ...] | None:
+        values = {**self.defaults, **params}
+        cursor.execute(self.sql, tuple(values[n] for n in self.order) if self.order is not None else values)
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return tuple(convert(v) if convert else v for convert, v in zip(self.convert, row, strict=True))
+
+
 class _SqliteWriteLock:
     """Queues SQLite writers: threads on a lock, processes on a lock file.
 
@@ -400,6 +484,50 @@ class _SqliteWriteLock:
         assert self._fd is not None
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         self.thread_lock.release()
+
+
+class _Checkpointer:
+    """Copies SQLite's write-ahead log back into the database file from a background thread, one per
+    process, so that no hook call pays for it. With SQLite's automatic checkpoint, the commit that
+    crossed 1,000 log pages did the copy and its fsync itself: ~60x the cost of a commit, once in every
+    60 or so calls (7 ms of a 0.2 ms median, at p99). Passive checkpoints never block a writer or reader.
+    A process that writes without starting one (the command line) leaves the log to SQLite's own
+    checkpoint when its last connection closes."""
+
+    INTERVAL_SECONDS = 0.25  # keeps the log to a few MB at this machine's highest write rate
+
+    def __init__(self, engine: Engine) -> None:
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        self.engine = engine if database and database != ":memory:" else None
+        self._pid = 0
+        self._lock = threading.Lock()
+        if self.engine is not None:
+            event.listen(self.engine, "connect", _no_automatic_checkpoint)
+
+    def ensure_running(self) -> None:
+        if self.engine is None or self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():  # a forked worker starts its own
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="sqlite-checkpoints", daemon=True).start()
+
+    def _run(self) -> None:
+        assert self.engine is not None
+        while True:
+            time.sleep(self.INTERVAL_SECONDS)
+            try:
+                conn = self.engine.raw_connection()
+                try:
+                    conn.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+                finally:
+                    conn.close()
+            except Exception:  # a busy or vanished database: the next round tries again
+                log.warning("SQLite checkpoint failed", exc_info=True)
+
+
+def _no_automatic_checkpoint(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
 
 
 def utcnow() -> datetime:

@@ -3,13 +3,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages for the browser tests (Chromium + ChromeDriver) and the reverse-proxy test (nginx, run
-# as the proxy in front of the real server). The compose file is checked against the Compose v2 schema,
+# System packages for the browser tests (Chromium + ChromeDriver), the reverse-proxy test (nginx, run
+# as the proxy in front of the real server) and the benchmark's smoke test (wrk). The compose file is checked against the Compose v2 schema,
 # which needs no binary.
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" \

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from sqlalchemy import create_engine
 
@@ -96,7 +97,7 @@ def test_json_log_lines_carry_the_hook_instance(cds: LiveService) -> None:
         body = hook_request(service_request(), coverages=None)
         body["fhirServer"] = "https://not-allowed.example/fhir"  # logs a warning inside the call
         cds.call(body, expect=400)
-        assert requests.get(cds.url("/cds-services"), timeout=5).status_code == 200  # no line: access log has it
+        assert requests.get(cds.url("/cds-services"), timeout=5).status_code == 200  # no line of its own
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
@@ -141,10 +142,16 @@ def test_cards_link_the_policy_page_of_the_public_base_url_or_the_url_called(ser
 # ---------------------------------------------------------------- production server
 
 
-def test_gunicorn_serves_the_app_and_logs_one_json_format(tmp_path: Path) -> None:
+@pytest.mark.parametrize("access_log", [None, "true"])
+def test_gunicorn_serves_the_app_and_logs_one_json_format(tmp_path: Path, access_log: str | None) -> None:
+    """One JSON format for every line; the service's own line per hook call, gunicorn's access line
+    only when CDS_ACCESS_LOG=true (it repeats the service's)."""
     port = free_port()
     env = {**os.environ, "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'g.sqlite3'}", "CDS_BIND": f"127.0.0.1:{port}",
            "CDS_WORKERS": "2"}
+    env.pop("CDS_ACCESS_LOG", None)
+    if access_log:
+        env["CDS_ACCESS_LOG"] = access_log
     out, err = (tmp_path / "out.log").open("wb"), (tmp_path / "err.log").open("wb")
     proc = subprocess.Popen(GUNICORN, cwd=ROOT, env=env, stdout=out, stderr=err)
     try:
@@ -160,9 +167,11 @@ def test_gunicorn_serves_the_app_and_logs_one_json_format(tmp_path: Path) -> Non
     lines = [json.loads(line) for f in ("out.log", "err.log") for line in (tmp_path / f).read_text().splitlines()]
     assert all({"time", "level", "logger", "message"} <= set(entry) for entry in lines)  # every line, one format
     loggers = {entry["logger"] for entry in lines}
-    assert {"gunicorn.error", "gunicorn.access", "cds_service.requests"} <= loggers, loggers
-    access = next(e for e in lines if e["logger"] == "gunicorn.access" and SIGN in e["message"])
-    assert access["status"] == 200 and access["latency_ms"] > 0
+    assert {"gunicorn.error", "cds_service.requests"} <= loggers, loggers
+    assert ("gunicorn.access" in loggers) == bool(access_log), loggers
+    if access_log:
+        access = next(e for e in lines if e["logger"] == "gunicorn.access" and SIGN in e["message"])
+        assert access["status"] == 200 and access["latency_ms"] > 0
     app = next(e for e in lines if e["logger"] == "cds_service.requests" and SIGN in e["message"])
     assert app["hookInstance"] == body["hookInstance"]
 

@@ -382,3 +382,27 @@ def test_tables_in_code_mirror_the_migrations(database_url: str) -> None:
         differences = compare_metadata(MigrationContext.configure(conn), metadata)
     engine.dispose()
     assert differences == []
+
+
+def test_sqlite_log_is_checkpointed_in_the_background_not_by_a_hook_call(tmp_path: Path) -> None:
+    """No hook call copies the write-ahead log into the database file (automatic checkpoints are off on
+    the service's connections); a background thread does, so the file grows while calls come in."""
+    import sqlite3
+    import time
+
+    path = tmp_path / "store.sqlite3"
+    app = create_app({"DATABASE_URL": f"sqlite:///{path}", "TODAY": "2026-11-25"})
+    engine = app.extensions["cds_pipeline"].store.engine
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    client = app.test_client()
+    before = path.stat().st_size
+    for _ in range(60):
+        assert client.post(f"/cds-services/{SIGN}", json=hook_request(service_request("0530U", "2025-03-03"))
+                           ).status_code == 200
+    deadline = time.monotonic() + 5
+    while path.stat().st_size <= before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.stat().st_size > before  # the calls reached the database file, not only the log
+    with sqlite3.connect(path) as other:  # and what is there is the calls, read by any connection
+        assert other.execute("SELECT count(*) FROM hook_calls").fetchone()[0] == 60

@@ -285,56 +285,79 @@ def governing_policies(j: OrderJudgement, knowledge: Knowledge) -> list[Policy]:
 # ---------------------------------------------------------------- wording shared by verdicts and cards
 
 
-class _Fill(dict[str, str]):
-    def __missing__(self, key: str) -> str:  # an unknown placeholder stays visible rather than failing
-        return "{" + key + "}"
+class Wording(dict[str, str]):
+    """The placeholders of reason texts and card templates, each computed when a template first asks for
+    it (a template uses a handful of the ~25; computing all of them was a tenth of a hook call). An
+    unknown placeholder stays visible rather than failing."""
+
+    def __init__(self, compute: dict[str, Callable[[], str]]) -> None:
+        super().__init__()
+        self._compute = compute
+
+    @classmethod
+    def of(cls, values: dict[str, str]) -> Wording:
+        wording = cls({})
+        wording.update(values)
+        return wording
+
+    def __missing__(self, key: str) -> str:
+        if key not in self._compute:
+            return "{" + key + "}"
+        value = self[key] = self._compute[key]()
+        return value
 
 
-def fill(template: str, values: dict[str, str]) -> str:
-    return template.format_map(_Fill(values))
+def fill(template: str, values: Wording) -> str:
+    return template.format_map(values)
 
 
 def wording(j: OrderJudgement, knowledge: Knowledge, coverage: MemberCoverage | None = None,
-            segments: Sequence[Segment] = ()) -> dict[str, str]:
+            segments: Sequence[Segment] = ()) -> Wording:
     """The placeholders of reason texts and card templates, for one order (and Coverage)."""
     window = j.order.window
-    governing = governing_policies(j, knowledge)
     test = j.recognition.test
-    values = {
-        "test": j.label,
-        "code": j.recognition.code,
-        "analyte": {"ctdna": "ctDNA", "ctc": "CTC"}.get(test.analyte, "ctDNA/CTC") if test else "ctDNA/CTC",
-        "policy": knowledge.policy_label,
-        "policy_title": knowledge.policy_title,
-        "retirement_date": knowledge.retirement.isoformat(),
-        "successor": knowledge.successor.label,
-        "payer": knowledge.publisher,
-        "date_of_service": window.describe(),
-        "date_basis": window.basis,
-        "when": (f"the date of service {window.describe()}" if window.stated and window.end == window.start
-                 else f"dates of service {window.describe()}" if window.stated
-                 else f"any date of service from {window.start.isoformat()} on (the order gives none)"),
-        "date_short": (f"date of service {window.describe()}" if window.stated and window.end == window.start
-                       else f"dates of service {window.describe()}" if window.stated else "no date of service given"),
-        "use": j.use.description,
-        "use_short": j.use.short,
-        "use_basis": j.use.basis_words,
-        "governing": " and ".join(p.label for p in governing) or "another policy",
-        "governing_sentence": " ".join(f"{p.label} ({p.title}) governs it." for p in governing[:1])
-                              + "".join(f" So does {p.label} ({p.title})." for p in governing[1:]),
-        "route_basis": "; ".join(dict.fromkeys(_basis_words(r, knowledge) for r in j.routes)) or j.use.basis_words,
-        "basis_sentence": "\n\n".join(dict.fromkeys(_basis_sentence(r, knowledge) for r in j.routes)),
-        "segments": "\n".join(_segment_line(s, knowledge) for s in (segments or j.segments)),
+
+    def governing() -> list[Policy]:
+        return governing_policies(j, knowledge)
+
+    compute: dict[str, Callable[[], str]] = {
+        "test": lambda: j.label,
+        "code": lambda: j.recognition.code,
+        "analyte": lambda: ({"ctdna": "ctDNA", "ctc": "CTC"}.get(test.analyte, "ctDNA/CTC") if test
+                            else "ctDNA/CTC"),
+        "policy": lambda: knowledge.policy_label,
+        "policy_title": lambda: knowledge.policy_title,
+        "retirement_date": lambda: knowledge.retirement.isoformat(),
+        "successor": lambda: knowledge.successor.label,
+        "payer": lambda: knowledge.publisher,
+        "date_of_service": window.describe,
+        "date_basis": lambda: window.basis,
+        "when": lambda: (f"the date of service {window.describe()}" if window.stated and window.end == window.start
+                         else f"dates of service {window.describe()}" if window.stated
+                         else f"any date of service from {window.start.isoformat()} on (the order gives none)"),
+        "date_short": lambda: (f"date of service {window.describe()}" if window.stated and window.end == window.start
+                               else f"dates of service {window.describe()}" if window.stated
+                               else "no date of service given"),
+        "use": lambda: j.use.description,
+        "use_short": lambda: j.use.short,
+        "use_basis": lambda: j.use.basis_words,
+        "governing": lambda: " and ".join(p.label for p in governing()) or "another policy",
+        "governing_sentence": lambda: (" ".join(f"{p.label} ({p.title}) governs it." for p in governing()[:1])
+                                       + "".join(f" So does {p.label} ({p.title})." for p in governing()[1:])),
+        "route_basis": lambda: ("; ".join(dict.fromkeys(_basis_words(r, knowledge) for r in j.routes))
+                                or j.use.basis_words),
+        "basis_sentence": lambda: "\n\n".join(dict.fromkeys(_basis_sentence(r, knowledge) for r in j.routes)),
+        "segments": lambda: "\n".join(_segment_line(s, knowledge) for s in (segments or j.segments)),
     }
     if coverage is not None:
-        values.update({
-            "coverage_label": f"The {coverage.label} coverage ({coverage.reference})",
-            "coverage_state": _coverage_state(coverage),
-            "plan": coverage.label,
-            "manual": coverage.variation.manual.label if coverage.variation else "",
-            "problem": coverage.record.problem,
+        compute.update({
+            "coverage_label": lambda: f"The {coverage.label} coverage ({coverage.reference})",
+            "coverage_state": lambda: _coverage_state(coverage),
+            "plan": lambda: coverage.label,
+            "manual": lambda: coverage.variation.manual.label if coverage.variation else "",
+            "problem": lambda: coverage.record.problem,
         })
-    return values
+    return Wording(compute)
 
 
 def _basis_words(route: Route, knowledge: Knowledge) -> str:

@@ -38,10 +38,14 @@ class _Watchdog:
 
     def arm(self, sock: socket.socket, seconds: float) -> int:
         token = next(self._seq)
+        deadline = time.monotonic() + seconds
         with self._cond:
             self._ensure_thread()
-            heapq.heappush(self._heap, (time.monotonic() + seconds, token, sock))
-            self._cond.notify()
+            # Wake the watchdog only when it would otherwise sleep past this deadline: waking it on every
+            # request cost each one a thread switch. Disarmed entries wait in the heap till it next wakes.
+            if not self._heap or deadline < self._heap[0][0]:
+                self._cond.notify()
+            heapq.heappush(self._heap, (deadline, token, sock))
         return token
 
     def disarm(self, token: int) -> None:
