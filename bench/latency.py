@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import requests
@@ -34,13 +35,18 @@ def serve(app: Flask) -> tuple[object, str]:
     return server, f"http://127.0.0.1:{server.server_port}"
 
 
-def measure(url: str, body: bytes, calls: int) -> list[float]:
+def bodies(request: dict[str, object], count: int) -> list[bytes]:
+    """The request, each time with its own hookInstance (the service answers a repeated one from its record)."""
+    return [json.dumps({**request, "hookInstance": str(uuid.uuid4())}).encode() for _ in range(count)]
+
+
+def measure(url: str, request: dict[str, object], calls: int) -> list[float]:
     session = requests.Session()
     headers = {"Content-Type": "application/json"}
-    for _ in range(50):  # warm-up
+    for body in bodies(request, 50):  # warm-up
         session.post(url, data=body, headers=headers)
     times = []
-    for _ in range(calls):
+    for body in bodies(request, calls):
         start = time.perf_counter()
         resp = session.post(url, data=body, headers=headers)
         times.append((time.perf_counter() - start) * 1000)
@@ -52,13 +58,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args()
-    request = (ROOT / "examples" / "01-investigational-listed-code.json").read_bytes()
+    request = json.loads((ROOT / "examples" / "01-investigational-listed-code.json").read_bytes())
 
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app({"DATABASE_URL": f"sqlite:///{tmp}/bench.sqlite3"})
         _server, base = serve(app)
         url = f"{base}/cds-services/liquid-biopsy-order-sign"
-        sample = requests.post(url, data=request, headers={"Content-Type": "application/json"}).content
+        sample = requests.post(url, data=bodies(request, 1)[0], headers={"Content-Type": "application/json"}).content
 
         baseline = Flask("baseline")
 

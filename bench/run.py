@@ -277,6 +277,9 @@ def measure(case: Case, sides: list[Side], connections: int, args: argparse.Name
     for name, runs in row.rounds.items():
         row.sides[name]["share_of_ceiling"] = statistics.median(
             s["rps"] / c["rps"] for s, c in zip(runs, ceiling, strict=True))
+    if "service-jwt" in row.rounds:  # the authenticated path against the unauthenticated one, round by round
+        row.sides["service-jwt"]["share_of_service"] = statistics.median(
+            a["rps"] / u["rps"] for a, u in zip(row.rounds["service-jwt"], row.rounds["service"], strict=True))
     print(f"  {case.name} @ {connections}: " + ", ".join(f"{n} {v['rps']:.0f} rps" for n, v in row.sides.items()),
           file=sys.stderr)
     return row
@@ -370,6 +373,10 @@ def report(rows: list[Row], cold: dict[str, float], args: argparse.Namespace) ->
         for name, s in row.sides.items():
             print(f"{row.case:18} {row.connections:>4} {name:20} {s['rps']:>7.0f} {s['share_of_ceiling']:>6.2f} "
                   f"{s['p50_ms']:>6.2f}ms {s['p99_ms']:>6.2f}ms {s['non_2xx'] + s['socket_errors']:>7.0f}")
+    for row in rows:
+        if "share_of_service" in row.sides.get("service-jwt", {}):
+            print(f"{row.case} @ {row.connections}: authenticated / unauthenticated requests/s (median of rounds): "
+                  f"{row.sides['service-jwt']['share_of_service']:.2f}")
     print("cold start (process start -> first discovery answer): " +
           ", ".join(f"{k} {v:.2f} s" for k, v in cold.items()))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -44,9 +44,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect, Engine, make_url
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.sql import Select
 
 log = logging.getLogger(__name__)
 metadata = MetaData()
@@ -153,6 +151,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest migration in MIGRATIONS (a test checks it against Alembic's head). Knowing it lets a
 # start-up against a current database skip importing Alembic at all (~0.1 s of cold start).
 SCHEMA_REVISION = "0003"
+JTI_SWEEP_SECONDS = 10.0
 
 
 class SchemaOutOfDate(Exception):
@@ -266,7 +265,10 @@ class Store:
             .where(assertions.subject_key == bindparam("subject_key"),
                    assertions.fingerprint == bindparam("fingerprint"))
             .order_by(assertions.assertion_date.desc()).limit(1),
+            "expired_jti": delete(seen_jti).where(seen_jti.c.expires_at
+                                                  < bindparam("now", type_=seen_jti.c.expires_at.type)),
         }.items()}
+        self._last_sweep = 0.0
         self._integrity_error = engine.dialect.loaded_dbapi.IntegrityError
 
     def require_current_schema(self) -> None:
@@ -276,11 +278,20 @@ class Store:
                                   "run `python -m cds_service db upgrade`")
 
     def remember_jti(self, iss: str, jti: str, expires_at: datetime) -> bool:
-        """Record a token id; False when it was seen before (a replay), on this replica or another."""
+        """Record a token id; False when it was seen before (a replay), on this replica or another.
+        Ids past their expiry are deleted at most every JTI_SWEEP_SECONDS per process, in the same
+        transaction (a token past its exp is refused before it gets here, so a late sweep admits nothing)."""
+        sql, params = self._insert["seen_jti"].prepare([{"iss": iss, "jti": jti, "expires_at": expires_at}])
+        now = time.monotonic()
+        sweep = now - self._last_sweep >= JTI_SWEEP_SECONDS
+        self._checkpoints.ensure_running()
         try:
-            self._write(delete(seen_jti).where(seen_jti.c.expires_at < utcnow()),
-                        (seen_jti, [{"iss": iss, "jti": jti, "expires_at": expires_at}]))
-        except IntegrityError:
+            with self._write_lock, self._transaction() as cursor:
+                if sweep:
+                    self._last_sweep = now
+                    self._queries["expired_jti"].run(cursor, {"now": utcnow()})
+                cursor.execute(sql, params[0])
+        except self._integrity_error:
             return False
         return True
 
@@ -434,20 +445,25 @@ class _Insert:
 
 
 class _Query:
-    """One SELECT, compiled once, run on a driver cursor; its values converted by the columns' result
-    processors (what SQLAlchemy would return). Parameters are strings, so they need no conversion."""
+    """One statement, compiled once, run on a driver cursor; parameters and values converted by the
+    columns' own bind and result processors (what SQLAlchemy would send and return)."""
 
-    def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
+    def __init__(self, statement: Any, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql = str(compiled)
         self.defaults = dict(compiled.params)  # e.g. the LIMIT
         self.order = list(compiled.positiontup or ()) if dialect.positional else None
-        self.convert = [c.type.dialect_impl(dialect).result_processor(dialect, None)
-                        for c in statement.selected_columns]
+        self.bind = {name: b.type.dialect_impl(dialect).bind_processor(dialect) for name, b in compiled.binds.items()}
+        columns = statement.selected_columns if hasattr(statement, "selected_columns") else []
+        self.convert = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
 
-    def first(self, cursor: Any, params: dict[str, str]) -> tuple[Any, ...] | None:
+    def run(self, cursor: Any, params: dict[str, Any]) -> None:
         values = {**self.defaults, **params}
+        values = {name: (convert(v) if (convert := self.bind.get(name)) else v) for name, v in values.items()}
         cursor.execute(self.sql, tuple(values[n] for n in self.order) if self.order is not None else values)
+
+    def first(self, cursor: Any, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        self.run(cursor, params)
         row = cursor.fetchone()
         if row is None:
             return None

@@ -33,11 +33,13 @@ from cds_service import create_app
 from cds_service.store import (
     SCHEMA_REVISION,
     SchemaOutOfDate,
+    Store,
     coverage_assertions,
     feedback,
     head_revision,
     hook_calls,
     make_engine,
+    seen_jti,
     upgrade_schema,
 )
 from tests.conftest import SIGN, assertion_ids, hook_request, service_request
@@ -406,3 +408,22 @@ def test_sqlite_log_is_checkpointed_in_the_background_not_by_a_hook_call(tmp_pat
     assert path.stat().st_size > before  # the calls reached the database file, not only the log
     with sqlite3.connect(path) as other:  # and what is there is the calls, read by any connection
         assert other.execute("SELECT count(*) FROM hook_calls").fetchone()[0] == 60
+
+
+def test_token_ids_are_remembered_once_and_swept_after_expiry(database_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    if database_url.startswith("sqlite"):
+        upgrade_schema(make_engine(database_url))
+    store = Store(make_engine(database_url))
+    now = datetime.now(UTC)
+    with store.engine.begin() as conn:
+        conn.execute(seen_jti.delete())
+        conn.execute(seen_jti.insert().values(iss=ISS, jti="long-expired", expires_at=now - timedelta(hours=1)))
+    assert store.remember_jti(ISS, "a", now + timedelta(minutes=5)) is True  # the first write sweeps
+    assert store.remember_jti(ISS, "a", now + timedelta(minutes=5)) is False  # a replay
+    assert store.remember_jti(ISS, "b", now + timedelta(minutes=5)) is True
+    with store.engine.connect() as conn:
+        assert sorted(r[0] for r in conn.execute(select(seen_jti.c.jti))) == ["a", "b"]
+        stored = conn.execute(select(seen_jti.c.expires_at).where(seen_jti.c.jti == "a")).scalar_one()
+    assert abs((stored.replace(tzinfo=stored.tzinfo or UTC) - (now + timedelta(minutes=5))).total_seconds()) < 1
