@@ -26,6 +26,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cds_service import http_fetch
+from cds_service.compute_gate import GATE
 
 # Asymmetric only: never "none", never HMAC (a public key must not double as a shared secret).
 ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
@@ -199,7 +200,9 @@ class KeyFetcher:
         deadline = time.monotonic() + self.budget
         # One fetch per source at a time; a caller waits briefly for one under way (a healthy source
         # answers in milliseconds), not for as long as a hanging source would hold it.
-        if not source.lock.acquire(timeout=min(self.budget, self.wait_seconds)):
+        with GATE.waiting():  # the thread fetching needs the gate to finish
+            acquired = source.lock.acquire(timeout=min(self.budget, self.wait_seconds))
+        if not acquired:
             raise AuthError("The issuer's keys could not be fetched (key source busy)")
         try:
             now = time.monotonic()

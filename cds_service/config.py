@@ -67,7 +67,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FHIR_ALLOW_HTTP", False, bool, "Allow calling FHIR servers over plain http (local testing only)."),
     Setting("FHIR_BUDGET_SECONDS", 2.5, float, "Overall time for fetching missing prefetch data in one hook call."),
     Setting("FHIR_CONNECT_TIMEOUT", 1.0, float, "Connect timeout of a FHIR request, in seconds (within the budget)."),
-    Setting("FHIR_MAX_IN_FLIGHT", 4, int,
+    Setting("FHIR_MAX_IN_FLIGHT", 8, int,
             "Searches under way at once per FHIR server and process; a further one fails at once (busy)."),
     Setting("JWKS_BUDGET_SECONDS", 2.0, float,
             "Longest a client key set (JWKS) fetch may take, whole (connect, headers and body)."),

@@ -16,6 +16,8 @@ from urllib.parse import urlencode
 import certifi
 import pycurl
 
+from cds_service.compute_gate import GATE
+
 MAX_BODY = 5 * 1024 * 1024
 
 
@@ -76,7 +78,8 @@ def get(url: str, deadline: float, *, params: dict[str, str] | None = None, head
         curl.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in (headers or {}).items()])
         curl.setopt(pycurl.WRITEFUNCTION, write)
         try:
-            curl.perform()
+            with GATE.waiting():  # other requests compute while this one waits on the network
+                curl.perform()
         except pycurl.error as exc:
             code = exc.args[0] if exc.args else -1
             message, reason = _REASONS.get(code, (f"request failed (curl error {code})", "connection"))

@@ -254,7 +254,7 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._write_lock = _SqliteWriteLock(engine)
-        self._checkpoints = _Checkpointer(engine)
+        self._checkpoints = _Checkpointer(engine, self._write_lock)
         self._insert = {t.name: _Insert(t, engine.dialect) for t in (hook_calls, coverage_assertions, feedback,
                                                                       seen_jti, cards, verdicts)}
         assertions = coverage_assertions.c
@@ -504,17 +504,22 @@ class _SqliteWriteLock:
 
 class _Checkpointer:
     """Copies SQLite's write-ahead log back into the database file from a background thread, one per
-    process, so that no hook call pays for it. With SQLite's automatic checkpoint, the commit that
-    crossed 1,000 log pages did the copy and its fsync itself: ~60x the cost of a commit, once in every
-    60 or so calls (7 ms of a 0.2 ms median, at p99). Passive checkpoints never block a writer or reader.
-    A process that writes without starting one (the command line) leaves the log to SQLite's own
-    checkpoint when its last connection closes."""
+    process, so that no hook call pays for the copy. With SQLite's automatic checkpoint, the commit that
+    crossed 1,000 log pages did the copy and its fsync itself, inside the store's write lock: ~30x the
+    cost of a commit, once in every 60 or so calls (7.5 ms at p99 of the write, against 0.25 ms median).
 
-    INTERVAL_SECONDS = 0.25  # keeps the log to a few MB at this machine's highest write rate
+    Each round is a passive checkpoint alongside the writers (the bulk of the copy), then a second one
+    under the write lock, which copies only what was appended meanwhile. The log is then wholly copied,
+    so the next writer starts it afresh: without that second step writers always appended during the
+    checkpoint and the log grew without bound (2.5 GB a minute under load). A process that writes
+    without starting one (the command line) leaves the log to SQLite's own checkpoint on close."""
 
-    def __init__(self, engine: Engine) -> None:
+    INTERVAL_SECONDS = 0.25
+
+    def __init__(self, engine: Engine, write_lock: _SqliteWriteLock) -> None:
         database = engine.url.database if engine.dialect.name == "sqlite" else None
         self.engine = engine if database and database != ":memory:" else None
+        self.write_lock = write_lock
         self._pid = 0
         self._lock = threading.Lock()
         if self.engine is not None:
@@ -536,6 +541,8 @@ class _Checkpointer:
                 conn = self.engine.raw_connection()
                 try:
                     conn.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+                    with self.write_lock:
+                        conn.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()
                 finally:
                     conn.close()
             except Exception:  # a busy or vanished database: the next round tries again

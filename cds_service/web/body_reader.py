@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from cds_service.compute_gate import GATE
+
 StartResponse = Callable[..., Any]
 
 
@@ -89,7 +91,8 @@ class BodyReader:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") not in ("POST", "PUT", "PATCH"):
-            return self.app(environ, start_response)
+            with GATE.computing():
+                return self.app(environ, start_response)
         length = environ.get("CONTENT_LENGTH")
         try:
             expected = int(length) if length else None
@@ -98,8 +101,8 @@ class BodyReader:
         if expected is not None and expected > self.max_bytes:
             return self.app(environ, start_response)  # Flask answers 413 without reading it
         sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+        started = time.monotonic()  # before arming: the watchdog's deadline is never before started + seconds
         token = WATCHDOG.arm(sock, self.seconds) if isinstance(sock, socket.socket) else None
-        started = time.monotonic()
         try:
             body = _read(environ["wsgi.input"], expected, self.max_bytes + 1)
         except Exception:  # malformed chunked framing, a reset: whatever the server raises, it is the client's
@@ -119,7 +122,8 @@ class BodyReader:
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         environ["wsgi.input_terminated"] = True
-        return self.app(environ, start_response)
+        with GATE.computing():  # the body is in memory: from here on the request only computes
+            return self.app(environ, start_response)
 
 
 def _read(stream: Any, expected: int | None, limit: int) -> bytes:
