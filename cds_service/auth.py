@@ -81,10 +81,22 @@ def load_trusted_issuers(path: str) -> dict[str, TrustedIssuer]:
 
 
 @dataclass(frozen=True)
+class TokenId:
+    """A verified token's id, to be remembered until it expires (a second use is a replay)."""
+
+    iss: str
+    jti: str
+    expires: datetime
+
+
+@dataclass(frozen=True)
 class Client:
     iss: str
     issuer: TrustedIssuer
+    token: TokenId | None = None  # set when the replay check was deferred to the caller (check_replay)
 
+
+REPLAYED = "The token has already been used (jti replay)"
 
 # Lengths the store keeps (seen_jti.iss / .jti): longer values are refused, not truncated.
 MAX_ISS, MAX_JTI = 512, 256
@@ -101,7 +113,10 @@ class TokenVerifier:
         self.keys = keys or KeyFetcher()
         self._inline = {iss: jwt.PyJWKSet.from_dict(i.jwks) for iss, i in issuers.items() if i.jwks}
 
-    def verify(self, authorization: str | None, audience: str) -> Client:
+    def verify(self, authorization: str | None, audience: str, defer_replay_check: bool = False) -> Client:
+        """The client a valid token names. Its jti is remembered here (a second use is a 401), unless
+        ``defer_replay_check``: then the caller must remember it (``check_replay``, or in its own write,
+        as a hook call does with its record) before anything the request caused is kept or answered."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("A bearer token (JWT) is required")
@@ -143,9 +158,15 @@ class TokenVerifier:
         if claims["exp"] - time.time() > self.max_lifetime + self.leeway:
             raise AuthError(f"The token's exp is more than {self.max_lifetime} s ahead; "
                             "CDS Hooks client tokens are short-lived (about 5 minutes)")
-        if not self.remember_jti(iss, jti, expires):
-            raise AuthError("The token has already been used (jti replay)")
+        token_id = TokenId(iss, jti, expires)
+        if defer_replay_check:
+            return Client(iss, issuer, token_id)
+        self.check_replay(token_id)
         return Client(iss, issuer)
+
+    def check_replay(self, token: TokenId) -> None:
+        if not self.remember_jti(token.iss, token.jti, token.expires):
+            raise AuthError(REPLAYED)
 
     def _signing_key(self, issuer: TrustedIssuer, jku: Any, kid: str) -> Any:
         if jku is not None:

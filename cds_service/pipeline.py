@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from cds_service import terminology
-from cds_service.auth import Client, TokenVerifier
+from cds_service.auth import REPLAYED, AuthError, Client, TokenId, TokenVerifier
 from cds_service.decision import (
     Context,
     CoverageFacts,
@@ -52,7 +52,7 @@ from cds_service.knowledge import Knowledge
 from cds_service.observability import DECISIONS, FHIR_FETCH_ERRORS, hook_instance
 from cds_service.render import Issued, RenderOptions, render
 from cds_service.services import CONFIGURATION_OPTIONS, COVERAGE, DISPATCHED_ORDERS, Prefetch, ServiceDeclaration
-from cds_service.store import Store, utcnow
+from cds_service.store import Store, TokenReused, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,30 @@ class Pipeline:
     def handle_hook(self, service_id: str, body: Any, client: Client | None = None,
                     base_url: str = "", record: bool = True) -> dict[str, Any]:
         """Answer one hook call. ``record=False`` (the playground) runs the same path but neither reads
-        nor writes the store: no retry replay, fresh assertion ids, nothing kept."""
+        nor writes the store: no retry replay, fresh assertion ids, nothing kept.
+
+        A client whose replay check was deferred (``client.token``) has its jti written in the call's
+        own transaction (one commit, not two); on every other way out, an error included, it is
+        remembered on its own before the answer leaves. Either way a second use is a 401."""
+        token = client.token if client else None
+        token_kept = False
+        try:
+            response, token_kept = self._answer(service_id, body, client, base_url, record, token)
+            return response
+        except TokenReused as exc:
+            token_kept = True  # nothing was written: the token was used before
+            raise AuthError(REPLAYED) from exc
+        finally:
+            if token is not None and not token_kept:
+                self.check_replay(client)
+
+    def check_replay(self, client: Client | None) -> None:
+        if client is not None and client.token is not None and self.verifier is not None:
+            self.verifier.check_replay(client.token)
+
+    def _answer(self, service_id: str, body: Any, client: Client | None, base_url: str, record: bool,
+                token: TokenId | None) -> tuple[dict[str, Any], bool]:
+        """(the response, whether the token's jti was written with the call's record)."""
         started = time.perf_counter()
         deadline = time.monotonic() + self.fhir.budget_seconds  # for everything fetched in this call
         service = self.services[service_id]
@@ -97,7 +120,7 @@ class Pipeline:
         retry_key = _digest(f"{iss}\n{request.hook_instance}")
         digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
         if record and (replay := self._recorded(retry_key, digest)) is not None:
-            return replay
+            return replay, False
         if request.requested_version not in (None, terminology.CRD_VERSION):
             raise RequestError(f"CRD version {request.requested_version} is not supported; this service implements "
                                f"CRD {terminology.CRD_VERSION}", "extension.davinci-crd.requestedVersion", 422)
@@ -140,7 +163,7 @@ class Pipeline:
                 DECISIONS.labels(v.reason).inc()
 
         if not record:
-            return rendered.response
+            return rendered.response, False
         assertions = [self._assertion_row(request, iss, j, i)
                       for j in decision.judgements for i in issued.get(j.order.reference, []) if i.new]
         now = utcnow()
@@ -155,10 +178,11 @@ class Pipeline:
                   "service_id": service_id, "issued_at": now} for c in rendered.cards]
         verdict_rows = [{**row, "received_at": now, "service_id": service_id, "client_iss": client and client.iss}
                         for row in _verdict_rows(decision, issued)]
-        recorded = self.store.record_hook_call(call, verdict_rows, assertions, cards)
+        token_row = {"iss": token.iss, "jti": token.jti, "expires_at": token.expires} if token else None
+        recorded = self.store.record_hook_call(call, verdict_rows, assertions, cards, token_row)
         if not recorded and (replay := self._recorded(retry_key, digest)) is not None:
-            return replay  # a retry of this hookInstance was recorded while we worked: answer what it answered
-        return rendered.response
+            return replay, False  # a retry of this hookInstance was recorded while we worked: answer what it did
+        return rendered.response, recorded and token is not None
 
     # ------------------------------------------------------------ steps
 

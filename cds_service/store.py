@@ -158,6 +158,10 @@ class SchemaOutOfDate(Exception):
     pass
 
 
+class TokenReused(Exception):
+    """A client token id already stored: the token was used before."""
+
+
 def upgrade_schema(engine: Engine) -> str:
     """Apply every pending migration; returns the revision now in place.
 
@@ -278,32 +282,42 @@ class Store:
                                   "run `python -m cds_service db upgrade`")
 
     def remember_jti(self, iss: str, jti: str, expires_at: datetime) -> bool:
-        """Record a token id; False when it was seen before (a replay), on this replica or another.
-        Ids past their expiry are deleted at most every JTI_SWEEP_SECONDS per process, in the same
-        transaction (a token past its exp is refused before it gets here, so a late sweep admits nothing)."""
-        sql, params = self._insert["seen_jti"].prepare([{"iss": iss, "jti": jti, "expires_at": expires_at}])
-        now = time.monotonic()
-        sweep = now - self._last_sweep >= JTI_SWEEP_SECONDS
+        """Record a token id; False when it was seen before (a replay), on this replica or another."""
         self._checkpoints.ensure_running()
         try:
             with self._write_lock, self._transaction() as cursor:
-                if sweep:
-                    self._last_sweep = now
-                    self._queries["expired_jti"].run(cursor, {"now": utcnow()})
-                cursor.execute(sql, params[0])
-        except self._integrity_error:
+                self._remember_jti(cursor, {"iss": iss, "jti": jti, "expires_at": expires_at})
+        except TokenReused:
             return False
         return True
 
+    def _remember_jti(self, cursor: Any, row: dict[str, Any]) -> None:
+        """Insert a token id (TokenReused if it is there already). Ids past their expiry are deleted at
+        most every JTI_SWEEP_SECONDS per process, in the same transaction (a token past its exp is
+        refused before it gets here, so a late sweep admits nothing)."""
+        now = time.monotonic()
+        if now - self._last_sweep >= JTI_SWEEP_SECONDS:
+            self._last_sweep = now
+            self._queries["expired_jti"].run(cursor, {"now": utcnow()})
+        sql, params = self._insert["seen_jti"].prepare([row])
+        try:
+            cursor.execute(sql, params[0])
+        except self._integrity_error as exc:
+            raise TokenReused from exc
+
     def record_hook_call(self, call: dict[str, Any], verdict_rows: list[dict[str, Any]],
-                         assertions: list[dict[str, Any]], issued_cards: list[dict[str, Any]]) -> bool:
-        """Store one call with its verdicts, new assertions and cards, in one transaction. False when a
-        call with the same retry key is already stored (an EHR retry raced this one): nothing is written."""
+                         assertions: list[dict[str, Any]], issued_cards: list[dict[str, Any]],
+                         token: dict[str, Any] | None = None) -> bool:
+        """Store one call with its verdicts, new assertions and cards, and the client token's id, in one
+        transaction. False when a call with the same retry key is already stored (an EHR retry raced
+        this one); TokenReused when the token id is. Either way nothing is written."""
         sql, params = self._insert["hook_calls"].prepare([call])
         new_assertions = self._insert["coverage_assertions"].prepare(assertions) if assertions else None
         self._checkpoints.ensure_running()
         try:
             with self._write_lock, self._transaction() as cursor:
+                if token is not None:
+                    self._remember_jti(cursor, token)
                 cursor.execute(sql, params[0])
                 call_id = cursor.fetchone()[0]
                 if new_assertions:

@@ -15,6 +15,7 @@ from typing import Any
 
 import jwt
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -159,6 +160,52 @@ def test_replayed_jti(secured: LiveService) -> None:
     assert call(secured, once).status_code == 200
     replay = call(secured, once)
     assert replay.status_code == 401 and "replay" in replay.json()["issue"][0]["diagnostics"]
+    assert secured.pipeline.store.count(hook_calls) == 1
+
+
+def test_a_token_is_spent_by_its_first_use_whatever_came_of_it(secured: LiveService) -> None:
+    """The jti is written with the call's record, and on its own when nothing is recorded: after a 400,
+    an unreadable body, a wrong address or an answered retry, the same token is still a 401."""
+    headers = {"Content-Type": "application/json"}
+    url = secured.url(f"/cds-services/{SIGN}")
+    firsts = {
+        "invalid request": lambda bearer: requests.post(url, json={"hook": "order-sign"}, headers=bearer, timeout=10),
+        "unreadable body": lambda bearer: requests.post(url, data=b"{not json", headers={**headers, **bearer},
+                                                        timeout=10),
+        "no such service": lambda bearer: requests.post(secured.url("/cds-services/nope"), json={}, headers=bearer,
+                                                        timeout=10),
+    }
+    for what, first in firsts.items():
+        once = token(secured) if what != "no such service" else token(secured, "/cds-services/nope")
+        assert first({"Authorization": f"Bearer {once}"}).status_code in (400, 404), what
+        if what == "no such service":
+            again = requests.post(secured.url("/cds-services/nope"), json={},
+                                  headers={"Authorization": f"Bearer {once}"}, timeout=10)
+        else:
+            again = call(secured, once)
+        assert again.status_code == 401 and "replay" in again.json()["issue"][0]["diagnostics"], what
+    # An answered retry (same hookInstance, a new token) spends its token too.
+    body = hook_request(service_request("0530U", "2025-03-03"))
+    first_token, retry_token = token(secured), token(secured)
+    for bearer in (first_token, retry_token):
+        answer = requests.post(url, json=body, headers={"Authorization": f"Bearer {bearer}"}, timeout=10)
+        assert answer.status_code == 200
+    assert requests.post(url, json=body, headers={"Authorization": f"Bearer {retry_token}"},
+                         timeout=10).status_code == 401
+    assert secured.pipeline.store.count(hook_calls) == 1
+
+
+def test_one_token_sent_twice_at_once_is_accepted_once(secured: LiveService) -> None:
+    """Two calls racing with one token (each its own hookInstance): one answer, one 401, one record."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    once = token(secured)
+    bodies = [hook_request(service_request("0530U", "2025-03-03")) for _ in range(2)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        statuses = sorted(pool.map(lambda b: requests.post(secured.url(f"/cds-services/{SIGN}"), json=b, timeout=10,
+                                                           headers={"Authorization": f"Bearer {once}"}).status_code,
+                                   bodies))
+    assert statuses == [200, 401]
     assert secured.pipeline.store.count(hook_calls) == 1
 
 

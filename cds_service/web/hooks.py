@@ -90,10 +90,16 @@ def list_services() -> Response:
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
     engine = current_pipeline()
-    client = authenticated_client()
+    client = authenticated_client(defer_replay_check=True)  # the jti is written with the call's record
     if service_id not in engine.services:
+        engine.check_replay(client)  # spent, even on a wrong address
         return operation_outcome(404, f"No CDS service with id '{service_id}'")
-    return json_response(engine.handle_hook(service_id, _read_json(), client, request.host_url))
+    try:
+        body = _read_json()
+    except RequestError:
+        engine.check_replay(client)  # spent, even on a body that cannot be read
+        raise
+    return json_response(engine.handle_hook(service_id, body, client, request.host_url))
 
 
 @bp.post("/playground/evaluate/<service_id>")

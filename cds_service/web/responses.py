@@ -27,14 +27,15 @@ def current_pipeline() -> Pipeline:
     return pipeline
 
 
-def authenticated_client() -> Client | None:
+def authenticated_client(defer_replay_check: bool = False) -> Client | None:
     """The calling client when trusted issuers are configured (its JWT checked before anything is
-    read: aud must be this endpoint's URL), or None in unauthenticated local development."""
+    read: aud must be this endpoint's URL), or None in unauthenticated local development. With
+    ``defer_replay_check`` the token's jti is left to the hook pipeline, which keeps it with the call."""
     verifier = current_pipeline().verifier
     if verifier is None:
         return None
     base = current_app.config["PUBLIC_BASE_URL"].rstrip("/") or request.host_url.rstrip("/")
-    return verifier.verify(request.headers.get("Authorization"), base + request.path)
+    return verifier.verify(request.headers.get("Authorization"), base + request.path, defer_replay_check)
 
 
 def json_response(body: Any, status: int = 200) -> Response:
