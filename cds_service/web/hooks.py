@@ -96,8 +96,8 @@ def call_service(service_id: str) -> Response:
         return operation_outcome(404, f"No CDS service with id '{service_id}'")
     try:
         body = _read_json()
-    except RequestError:
-        engine.check_replay(client)  # spent, even on a body that cannot be read
+    except Exception:  # a 400, 413 or 415: the token is spent even on a body that cannot be read
+        engine.check_replay(client)
         raise
     return json_response(engine.handle_hook(service_id, body, client, request.host_url))
 
