@@ -26,7 +26,8 @@ timeout = int(os.environ.get("CDS_TIMEOUT", "30"))
 graceful_timeout = 20
 keepalive = 5
 # The service writes its own JSON line for every hook call, feedback, lookup and error; gunicorn's line
-# per request repeats it (and cost ~5% of a hook call's time). CDS_ACCESS_LOG=true adds it back.
+# per request repeats it (with it on, one A/B at 8 connections ran 616 against 757 requests/s).
+# CDS_ACCESS_LOG=true adds it back.
 accesslog = "-" if os.environ.get("CDS_ACCESS_LOG", "false").lower() == "true" else None
 errorlog = "-"
 logger_class = "cds_service.gunicorn_conf.JsonLogger"

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from cds_service import terminology
-from cds_service.auth import REPLAYED, AuthError, Client, TokenId, TokenVerifier
+from cds_service.auth import REPLAYED, AuthError, Client, TokenVerifier
 from cds_service.decision import (
     Context,
     CoverageFacts,
@@ -95,7 +95,7 @@ class Pipeline:
         token = client.token if client else None
         token_kept = False
         try:
-            response, token_kept = self._answer(service_id, body, client, base_url, record, token)
+            response, token_kept = self._answer(service_id, body, client, base_url, record)
             return response
         except TokenReused as exc:
             token_kept = True  # nothing was written: the token was used before
@@ -108,9 +108,10 @@ class Pipeline:
         if client is not None and client.token is not None and self.verifier is not None:
             self.verifier.check_replay(client.token)
 
-    def _answer(self, service_id: str, body: Any, client: Client | None, base_url: str, record: bool,
-                token: TokenId | None) -> tuple[dict[str, Any], bool]:
-        """(the response, whether the token's jti was written with the call's record)."""
+    def _answer(self, service_id: str, body: Any, client: Client | None, base_url: str,
+                record: bool) -> tuple[dict[str, Any], bool]:
+        """(the response, whether the client token's jti was written with the call's record)."""
+        token = client.token if client else None
         started = time.perf_counter()
         deadline = time.monotonic() + self.fhir.budget_seconds  # for everything fetched in this call
         service = self.services[service_id]

@@ -237,7 +237,7 @@ def make_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
         engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False}, **json_options)
     else:
         # A server can drop idle connections; a file cannot, so SQLite skips the ping per checkout.
-        engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"), pool_use_lifo=True, **json_options)
+        engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"), **json_options)
     if engine.dialect.name == "sqlite":
         if sqlite_synchronous not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"setting SQLITE_SYNCHRONOUS: {sqlite_synchronous!r} is not NORMAL, FULL or EXTRA")
@@ -283,9 +283,8 @@ class Store:
 
     def remember_jti(self, iss: str, jti: str, expires_at: datetime) -> bool:
         """Record a token id; False when it was seen before (a replay), on this replica or another."""
-        self._checkpoints.ensure_running()
         try:
-            with self._write_lock, self._transaction() as cursor:
+            with self._write() as cursor:
                 self._remember_jti(cursor, {"iss": iss, "jti": jti, "expires_at": expires_at})
         except TokenReused:
             return False
@@ -313,9 +312,8 @@ class Store:
         this one); TokenReused when the token id is. Either way nothing is written."""
         sql, params = self._insert["hook_calls"].prepare([call])
         new_assertions = self._insert["coverage_assertions"].prepare(assertions) if assertions else None
-        self._checkpoints.ensure_running()
         try:
-            with self._write_lock, self._transaction() as cursor:
+            with self._write() as cursor:
                 if token is not None:
                     self._remember_jti(cursor, token)
                 cursor.execute(sql, params[0])
@@ -346,17 +344,9 @@ class Store:
             return {row["uuid"]: dict(row) for row in found}
 
     def record_feedback(self, rows: list[dict[str, Any]]) -> None:
-        self._write(None, (feedback, rows))
-
-    def _write(self, first: Any, *inserts: tuple[Table, list[dict[str, Any]]]) -> None:
-        """Run ``first`` (a statement or None) and the inserts in one transaction, committed on return."""
-        prepared = [self._insert[table.name].prepare(rows) for table, rows in inserts if rows]
-        self._checkpoints.ensure_running()
-        with self._write_lock, self.engine.begin() as conn:
-            if first is not None:
-                conn.execute(first)
-            for sql, params in prepared:
-                conn.exec_driver_sql(sql, params)
+        sql, params = self._insert["feedback"].prepare(rows)
+        with self._write() as cursor:
+            cursor.executemany(sql, params)
 
     # The hot path (every hook call) talks to the driver directly, with statements compiled once: there
     # SQLAlchemy's per-execution work (cache keys, result set-up, connection wrappers) cost several times
@@ -364,32 +354,34 @@ class Store:
     # read is exactly what SQLAlchemy would write and read.
 
     @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        """A driver cursor in a transaction on a pooled connection: committed on return, rolled back on error."""
+    def _cursor(self) -> Iterator[Any]:
+        """A driver cursor on a pooled connection, both given back on exit."""
         conn = self.engine.raw_connection()
         try:
             cursor = conn.cursor()
             try:
                 yield cursor
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
             finally:
                 cursor.close()
         finally:
             conn.close()
 
-    def _first(self, query: str, **params: str) -> tuple[Any, ...] | None:
-        conn = self.engine.raw_connection()
-        try:
-            cursor = conn.cursor()
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """A cursor in a write transaction, under the store's write lock: committed on return, rolled
+        back on error. The first write of a process starts its background checkpoints."""
+        self._checkpoints.ensure_running()
+        with self._write_lock, self._cursor() as cursor:
             try:
-                return self._queries[query].first(cursor, params)
-            finally:
-                cursor.close()
-        finally:
-            conn.close()
+                yield cursor
+                cursor.connection.commit()
+            except BaseException:
+                cursor.connection.rollback()
+                raise
+
+    def _first(self, query: str, **params: str) -> tuple[Any, ...] | None:
+        with self._cursor() as cursor:
+            return self._queries[query].first(cursor, params)
 
     def purge(self, cutoff: datetime, dry_run: bool = False) -> dict[str, int]:
         """Delete what is older than ``cutoff``: hook calls received before it with their verdicts, cards
