@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from cds_service import http_fetch
-from cds_service.json_limits import json_problem
+from cds_service.json_limits import json_problem, may_have_problem
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _entries(answer: http_fetch.HttpAnswer) -> list[Any]:
         raise FetchError("answer is not JSON", "invalid") from exc
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise FetchError("answer is not a FHIR Bundle", "invalid")
-    if (problem := json_problem(body)) is not None:
+    if may_have_problem(answer.body) and (problem := json_problem(body)) is not None:
         raise FetchError(f"answer unusable: {problem[0]}", "invalid")
     entries = body.get("entry", [])
     if not isinstance(entries, list):

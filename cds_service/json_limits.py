@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 MAX_DEPTH = 64  # FHIR resources nest a dozen levels; deeper is an attack on recursive code, not data
+
+_STRING = re.compile(rb'"[^"]*"')  # no backslash by then: no escaped quote either
+_INNERMOST_PAIR = re.compile(rb"\{\}|\[\]")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
+
+
+def may_have_problem(text: bytes) -> bool:
+    """False when the JSON text (already parsed: valid JSON) certainly has no problem ``json_problem``
+    would find; True when the tree must be walked. Runs on the bytes at C speed: the tree walk costs
+    ~70 us on an ordinary hook call, this ~3 us.
+
+    A control character can only be in valid JSON as an escape, so text without a backslash has none.
+    Depth: at most as many levels as opening brackets; with more, the text's brackets outside strings
+    are peeled innermost pair first, one level per pass."""
+    if b"\\" in text:
+        return True
+    if text.count(b"{") + text.count(b"[") <= MAX_DEPTH:
+        return False
+    skeleton = _STRING.sub(b"", text).translate(None, _NOT_BRACKETS)
+    for _ in range(MAX_DEPTH):
+        if not skeleton:
+            return False
+        skeleton = _INNERMOST_PAIR.sub(b"", skeleton)
+    return bool(skeleton)
 
 
 def json_problem(body: Any) -> tuple[str, str] | None:

@@ -11,7 +11,7 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 
 from cds_service.intake import RequestError
-from cds_service.json_limits import json_problem
+from cds_service.json_limits import json_problem, may_have_problem
 from cds_service.observability import LATENCY, REQUESTS, hook_instance
 from cds_service.services import discovery
 from cds_service.web.responses import authenticated_client, current_pipeline, json_response, operation_outcome
@@ -28,7 +28,7 @@ def _read_json() -> Any:
         body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         body = _beyond_double(data, exc)
-    if (problem := json_problem(body)) is not None:
+    if may_have_problem(data) and (problem := json_problem(body)) is not None:
         raise RequestError(*problem)
     return body
 
