@@ -50,7 +50,7 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def test_the_wheel_carries_every_artifact_and_the_server_files(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"cds_service/fhir_profiles/{a}" for a in ARTIFACTS} <= names
-    assert {"cds_service/migrations/versions/0003_decision_history.py", "cds_service/gunicorn_conf.py",
+    assert {"cds_service/migrations/versions/0004_unread_indexes.py", "cds_service/gunicorn_conf.py",
             "cds_service/web/openapi-responses.json", "cds_service/web/static/playground.js",
             "cds_service/web/templates/records_feedback.html"} <= names
 
