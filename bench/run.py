@@ -17,8 +17,8 @@ order, so a drift of this shared machine's speed does not land on one side only)
 - ``ceiling``: the fastest configuration of the same stack, per round: the faster of ``ceiling-sync``
   (Flask under gunicorn, 2 sync workers, a connection per request) and ``ceiling-keepalive`` (2 gthread
   workers of one thread each, connections kept alive), neither with an access log, both answering with
-  the service's recorded response bytes for the same request. (Keep-alive was the faster here: ~4,500
-  against ~3,700 requests/s in the rounds that found it.)
+  the service's recorded response bytes for the same request. (Neither is always the faster here:
+  keep-alive won 3,824 to 3,141 requests/s in one run, sync three cases of four in the next.)
 - ``ceiling-same-config``: the same replaying app under the service's own gunicorn settings.
 - ``service-at-REF`` (with ``--compare DIR``): the service from another checkout of this repository
   (e.g. ``git worktree add ../before HEAD~3``) under the same production command, for a before/after
@@ -27,7 +27,8 @@ order, so a drift of this shared machine's speed does not land on one side only)
   process as shipped, sent the equivalent order-select (one rated order, answered with a system action).
 
 Each request carries its own hookInstance (the service answers a repeated hookInstance from its record).
-Prints a table (requests/s, p50, p99, share of the ceiling) and writes it as JSON to bench/results/.
+Prints a table (requests/s, p50, p99, share of the ceiling, the server's CPU time per request: user +
+system of the server and its workers, from /proc) and writes it as JSON to bench/results/.
 """
 
 from __future__ import annotations
@@ -142,14 +143,27 @@ class Server:
             raise
         self.cold_start = time.perf_counter() - started
 
-    def rss_kib(self) -> int:
-        """Resident memory of the process and its children (gunicorn's workers)."""
+    def pids(self) -> list[int]:
+        """The process and its children (gunicorn's workers)."""
         pids = [self.proc.pid]
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
         if children.exists():
             pids += [int(p) for p in children.read_text().split()]
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the process and its children (from /proc)."""
         total = 0
-        for pid in pids:
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def rss_kib(self) -> int:
+        """Resident memory of the process and its children (gunicorn's workers)."""
+        total = 0
+        for pid in self.pids():
             with contextlib.suppress(OSError):
                 m = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
                 total += int(m.group(1)) if m else 0
@@ -227,6 +241,7 @@ def wrk(base: str, path: str, method: str, body_file: Path | None, token_file: P
                           "--timeout", "5s", "-s", str(lua), base], capture_output=True, text=True,
                          timeout=seconds + 60, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests_done = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
 
     def pct(p: str) -> float:
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -234,7 +249,7 @@ def wrk(base: str, path: str, method: str, body_file: Path | None, token_file: P
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"),
+    return {"rps": rps, "requests": requests_done, "p50_ms": pct("50"), "p99_ms": pct("99"),
             "non_2xx": float(errors.group(1)) if errors else 0.0,
             "socket_errors": float(sum(int(g) for g in socket_errors.groups())) if socket_errors else 0.0}
 
@@ -273,8 +288,13 @@ def measure(case: Case, sides: list[Side], connections: int, args: argparse.Name
         if case.jwt and side.name == "service-jwt":
             tokens = mint_tokens(side.server.base + path, MAX_TOKEN_RATE * seconds, tmp / "tokens.txt")
         query = f"?case={case.name}" if side.name.startswith("ceiling") else ""
-        return wrk(side.server.base, path + query, case.method, files[side.name], tokens, connections, seconds,
-                   tmp / "load.lua")
+        cpu = side.server.cpu_seconds()
+        figures = wrk(side.server.base, path + query, case.method, files[side.name], tokens, connections, seconds,
+                      tmp / "load.lua")
+        # The server's own CPU per answered request: steadier than requests/s on a shared machine, and
+        # it says what each side costs whatever else the two cores were doing meanwhile.
+        figures["cpu_ms_per_request"] = 1000 * (side.server.cpu_seconds() - cpu) / max(figures["requests"], 1)
+        return figures
 
     for side in sides:
         if args.warmup:
@@ -391,13 +411,15 @@ def main() -> None:
 
 
 def report(rows: list[Row], cold: dict[str, float], args: argparse.Namespace) -> None:
-    header = f"{'case':18} {'conn':>4} {'side':20} {'rps':>7} {'share':>6} {'p50':>8} {'p99':>8} {'non-2xx':>7}"
+    header = (f"{'case':18} {'conn':>4} {'side':20} {'rps':>7} {'share':>6} {'p50':>8} {'p99':>8} "
+              f"{'cpu/req':>9} {'non-2xx':>7}")
     print(header)
     print("-" * len(header))
     for row in rows:
         for name, s in row.sides.items():
             print(f"{row.case:18} {row.connections:>4} {name:20} {s['rps']:>7.0f} {s['share_of_ceiling']:>6.2f} "
-                  f"{s['p50_ms']:>6.2f}ms {s['p99_ms']:>6.2f}ms {s['non_2xx'] + s['socket_errors']:>7.0f}")
+                  f"{s['p50_ms']:>6.2f}ms {s['p99_ms']:>6.2f}ms {s['cpu_ms_per_request']:>7.3f}ms "
+                  f"{s['non_2xx'] + s['socket_errors']:>7.0f}")
     for row in rows:
         if "share_of_service" in row.sides.get("service-jwt", {}):
             print(f"{row.case} @ {row.connections}: authenticated / unauthenticated requests/s (median of rounds): "

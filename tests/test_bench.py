@@ -31,6 +31,7 @@ def test_bench_runs_every_side_without_errors(tmp_path: Path) -> None:
     for case, measured in sides.items():
         for side, figures_of_side in measured.items():
             assert figures_of_side["rps"] > 0, (case, side)
+            assert 0 < figures_of_side["cpu_ms_per_request"] < 1000, (case, side)  # the server's own, measured
             assert figures_of_side["non_2xx"] == 0 and figures_of_side["socket_errors"] == 0, (case, side)
     listed = figures["results"][0]
     assert listed["sides"]["ceiling"]["share_of_ceiling"] == 1.0
