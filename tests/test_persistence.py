@@ -445,3 +445,19 @@ def test_sqlite_log_stays_bounded_while_calls_keep_coming(tmp_path: Path) -> Non
         calls += 1
     written = calls * 12 * 4096  # what the log would hold by now, never restarted (~12 pages a call)
     assert wal.stat().st_size < min(32 * 2**20, written / 3), (calls, wal.stat().st_size)
+
+
+def test_two_workers_on_one_sqlite_file_see_each_others_calls(tmp_path: Path) -> None:
+    """Two workers (two stores, each keeping one SQLite connection per thread) on one file: what one
+    committed is what the other's next call reads, after that connection has read and written before:
+    a retry sent to the other worker gets the first answer, and an assertion is reused across workers."""
+    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    first, second = (create_app({"DATABASE_URL": url, "TODAY": "2026-11-25"}).test_client() for _ in range(2))
+    order = service_request("0530U", "2025-03-03")
+    warm = second.post(f"/cds-services/{SIGN}", json=hook_request(order)).get_json()  # second has read and written
+    request = hook_request(order)
+    answer = first.post(f"/cds-services/{SIGN}", json=request).get_json()
+    assert second.post(f"/cds-services/{SIGN}", json=request).get_json() == answer  # the retry: first's answer
+    ids = {json.dumps(a["resource"]["extension"]) for a in (warm["systemActions"] + answer["systemActions"])}
+    assert len(ids) == 1  # first reused the assertion second issued for the same order and Coverage
+    assert count(url, hook_calls) == 2
