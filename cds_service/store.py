@@ -274,10 +274,6 @@ class Store:
         }.items()}
         self._last_sweep = 0.0
         self._integrity_error = engine.dialect.loaded_dbapi.IntegrityError
-        # An SQLite file: each thread keeps a connection of its own for the hot path (a pool checkout and
-        # its reset at checkin cost ~25 us, more than the query). Servers' connections stay pooled.
-        database = engine.url.database if engine.dialect.name == "sqlite" else None
-        self._per_thread = threading.local() if database and database != ":memory:" else None
 
     def require_current_schema(self) -> None:
         current, head = current_revision(self.engine), SCHEMA_REVISION
@@ -359,17 +355,8 @@ class Store:
 
     @contextmanager
     def _cursor(self) -> Iterator[Any]:
-        """A driver cursor, closed on exit (no read transaction outlives it), on this thread's own SQLite
-        connection, or on a pooled connection given back on exit."""
-        kept = self._per_thread
-        if kept is None:
-            conn = self.engine.raw_connection()
-        else:
-            if getattr(kept, "pid", None) != os.getpid():  # first use in this thread, or in a forked worker
-                kept.connection = self.engine.raw_connection()
-                kept.connection.detach()  # out of the pool: closed when the thread ends
-                kept.pid = os.getpid()
-            conn = kept.connection
+        """A driver cursor on a pooled connection, both given back on exit."""
+        conn = self.engine.raw_connection()
         try:
             cursor = conn.cursor()
             try:
@@ -377,8 +364,7 @@ class Store:
             finally:
                 cursor.close()
         finally:
-            if kept is None:
-                conn.close()
+            conn.close()
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
