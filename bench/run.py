@@ -377,10 +377,11 @@ def main() -> None:
         cold["ceiling"] = min(c.cold_start for c in ceilings.values())
         compared = None
         if args.compare:
-            compared = start(gunicorn("cds_service.wsgi:app", *PRODUCTION),
-                             {"PYTHONPATH": str(args.compare.resolve()),
-                              "CDS_DATABASE_URL": f"sqlite:///{tmp / 'bench-compare.sqlite3'}"})
-            cold[f"service-at-{_commit(args.compare)}"] = compared.cold_start
+            compared = Side(f"service-at-{_commit(args.compare)}",
+                            start(gunicorn("cds_service.wsgi:app", *PRODUCTION),
+                                  {"PYTHONPATH": str(args.compare.resolve()),
+                                   "CDS_DATABASE_URL": f"sqlite:///{tmp / 'bench-compare.sqlite3'}"}))
+            cold[compared.name] = compared.server.cold_start
         secured = peer = None
         if any(c.jwt for c in every):
             issuers = tmp / "issuers.json"
@@ -399,7 +400,7 @@ def main() -> None:
             sides = [Side("service", service), *(Side(n, c) for n, c in ceilings.items()),
                      Side("ceiling-same-config", same_config)]
             if compared and not case.jwt:
-                sides.append(Side(f"service-at-{_commit(args.compare)}", compared))
+                sides.append(compared)
             if case.jwt:
                 sides[0] = Side("service-jwt", secured)  # type: ignore[arg-type]
                 sides.append(Side("service", service))
