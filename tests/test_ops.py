@@ -3,11 +3,16 @@ server (gunicorn). The OpenAPI document has its own tests (test_openapi.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import importlib
 import io
 import json
 import logging
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,7 @@ from tests.conftest import (
     hook_request,
     service_request,
 )
-from tests.processes import GUNICORN, free_port, wait_until_answers
+from tests.processes import GUNICORN, GunicornProcess, free_port, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,3 +188,70 @@ def test_gunicorn_refuses_unauthenticated_public_bind() -> None:
     out = subprocess.run(GUNICORN,
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "refusing to serve without client authentication" in out.stderr
+
+
+def _sockets(pid: int, port: int, state: str) -> int:
+    """TCP sockets on local ``port`` in ``state`` (01 established, 0A listening) among the open files of
+    process ``pid`` (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    held = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port, inode = int(fields[1].split(":")[1], 16), fields[9]
+        held += local_port == port and fields[3] == state and inode in inodes
+    return held
+
+
+def test_kept_alive_connections_are_spread_over_the_workers_by_the_kernel(tmp_path: Path) -> None:
+    """Each worker listens on its own socket of the port: the kernel spreads connections over them, not
+    whichever worker is quickest to accept. With one shared socket, a burst of keep-alive connections
+    could all land on one worker and stay there, leaving the other core idle. Here one worker is stopped
+    while 16 connections open: with a shared socket the other one takes them all; with a socket each,
+    the stopped worker's share waits for it, and both serve."""
+    server = GunicornProcess({"CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'g.sqlite3'}", "CDS_WORKERS": "2"}, ROOT)
+    connections: list[http.client.HTTPConnection] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not (len(workers := sorted(server.workers())) == 2 and all(_sockets(w, server.port, "0A")
+                                                                          for w in workers)):
+            assert time.monotonic() < deadline, "the two workers did not start listening"
+            time.sleep(0.05)
+        first, second = workers
+        os.kill(first, signal.SIGSTOP)
+        try:
+            for _ in range(16):
+                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+                conn.connect()
+                connections.append(conn)
+            time.sleep(0.5)  # ample time for the running worker to accept every connection it can reach
+        finally:
+            os.kill(first, signal.SIGCONT)
+        for conn in connections:
+            conn.request("GET", "/cds-services")
+            answer = conn.getresponse()
+            answer.read()
+            assert answer.status == 200 and not answer.will_close  # kept alive
+        held = {pid: _sockets(pid, server.port, "01") for pid in (first, second)}
+        assert sum(held.values()) == 16 and min(held.values()) >= 1, held
+    finally:
+        for conn in connections:
+            conn.close()
+        server.stop()
+
+
+@pytest.mark.parametrize(("bind", "shared"), [("127.0.0.1:8080", True), ("127.0.0.1:8080,[::1]:8080", True),
+                                               ("unix:/run/cds.sock", False), ("127.0.0.1:8080,unix:/x.sock", False)])
+def test_a_socket_per_worker_only_where_the_bind_allows_it(monkeypatch: pytest.MonkeyPatch, bind: str,
+                                                          shared: bool) -> None:
+    """A Unix socket path cannot be bound by several workers at once: there they share the master's."""
+    import cds_service.gunicorn_conf as conf
+
+    monkeypatch.setenv("CDS_BIND", bind)
+    assert importlib.reload(conf).reuse_port is shared
+    monkeypatch.delenv("CDS_BIND")
+    importlib.reload(conf)
