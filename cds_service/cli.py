@@ -19,7 +19,7 @@ from cds_service.store import SchemaOutOfDate
 def cmd_serve(args: argparse.Namespace) -> int:
     from werkzeug.serving import run_simple
 
-    from cds_service import create_app
+    from cds_service import create_app, freeze_loaded_objects
 
     try:
         app = create_app()
@@ -31,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     print(f"Liquid-biopsy CDS service on http://{args.host}:{args.port}/cds-services", file=sys.stderr)
+    freeze_loaded_objects()
     run_simple(args.host, args.port, app, threaded=True)
     return 0
 
