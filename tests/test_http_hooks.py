@@ -535,6 +535,13 @@ def test_cors_preflight_without_authorization(cds: LiveService) -> None:
     assert "authorization" in allowed and "content-type" in allowed
     real = cds.http.get(cds.url("/cds-services"), headers={"Origin": "https://sandbox.cds-hooks.org"}, timeout=5)
     assert "Access-Control-Allow-Origin" in real.headers
+    server_to_server = cds.http.post(cds.url(f"/cds-services/{SIGN}"), json=hook_request(service_request("0530U")),
+                                     timeout=10)
+    assert server_to_server.status_code == 200
+    assert not [h for h in server_to_server.headers if h.lower().startswith("access-control-")]  # no Origin, no CORS
+    browser = cds.http.post(cds.url(f"/cds-services/{SIGN}"), json=hook_request(service_request("0530U")),
+                            headers={"Origin": "https://sandbox.cds-hooks.org"}, timeout=10)
+    assert browser.headers["Access-Control-Allow-Origin"] in ("*", "https://sandbox.cds-hooks.org")
 
 
 def test_conditions_in_prefetch_decide_metastatic_colorectal_cancer(cds: LiveService) -> None:
