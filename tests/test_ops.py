@@ -269,3 +269,15 @@ def test_the_production_app_leaves_its_start_up_heap_out_of_garbage_collection(t
                          timeout=60, check=True)
     frozen, collectable = json.loads(out.stdout.splitlines()[-1])
     assert frozen > 50_000 and collectable < frozen / 20, (frozen, collectable)
+
+
+def test_log_records_skip_what_no_line_shows() -> None:
+    """configure_logging turns off the caller and thread lookups every record would otherwise make (a walk
+    up the stack per line); the JSON line shows neither."""
+    probe = ("import json, logging; from cds_service.observability import configure_logging; configure_logging(); "
+             "seen = []; h = logging.Handler(); h.emit = seen.append; logging.getLogger('x').addHandler(h); "
+             "logging.getLogger('x').info('m'); r = seen[0]; "
+             "print(json.dumps([r.lineno, r.threadName, r.processName]))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=True)
+    assert json.loads(out.stdout) == [0, None, None]
