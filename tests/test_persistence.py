@@ -482,3 +482,32 @@ def test_database_files_stay_bounded_under_a_thread_per_request_server(service_f
     for _ in range(60):
         cds.call(hook_request(service_request("0530U", "2025-03-03")))
     assert open_database_files() <= before + 6
+
+
+def test_one_process_checkpoints_the_shared_log(tmp_path: Path) -> None:
+    """Workers on one SQLite file elect one of them to copy the log back (a lock file beside the database):
+    the others' writes are checkpointed too, and nobody's writes wait for two checkpoints a round."""
+    import sqlite3
+    import time
+
+    path = tmp_path / "shared.sqlite3"
+    apps = [create_app({"DATABASE_URL": f"sqlite:///{path}", "TODAY": "2026-11-25"}) for _ in range(2)]
+    for app in apps:  # each one's first write starts its checkpoint thread
+        for _ in range(20):
+            assert app.test_client().post(f"/cds-services/{SIGN}", json=hook_request(
+                service_request("0530U", "2025-03-03"))).status_code == 200
+    checkpointers = [app.extensions["cds_pipeline"].store._checkpoints for app in apps]
+    deadline = time.monotonic() + 5
+    while not any(c.elected for c in checkpointers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(3 * checkpointers[0].INTERVAL_SECONDS)  # rounds enough for a second one, were it allowed
+    assert [c.elected for c in checkpointers].count(True) == 1
+
+    def in_the_file() -> int:  # read as the database file holds it, the log ignored
+        with sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True) as file_only:
+            return int(file_only.execute("SELECT count(*) FROM hook_calls").fetchone()[0])
+
+    deadline = time.monotonic() + 5  # both apps' calls reach the database file
+    while in_the_file() < 40 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_the_file() == 40
