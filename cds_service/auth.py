@@ -121,11 +121,11 @@ class TokenVerifier:
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("A bearer token (JWT) is required")
         token = token.strip()
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
+        try:  # header and claims in one reading; the signature is checked below, with the issuer's key
+            unverified_token = jwt.decode_complete(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
             raise AuthError("The token is not a well-formed JWT") from exc
+        header, unverified = unverified_token["header"], unverified_token["payload"]
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in ALGORITHMS:
             raise AuthError(f"Algorithm {alg!r} is not accepted; use one of {', '.join(ALGORITHMS)}")
