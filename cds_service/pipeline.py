@@ -263,7 +263,8 @@ class Pipeline:
                 previous = self.store.issued_assertion(subject, v.information.fingerprint) if look_up else None
                 if previous is not None:
                     information = v.information.issued(*previous)
-                    send = held.get((v.coverage.reference, previous[0])) != information.verdict_json()
+                    carried = held.get((v.coverage.reference, previous[0]))
+                    send = carried is None or carried != information.verdict_json()
                     out.setdefault(j.order.reference, []).append(Issued(v, information, False, send))
                 else:
                     information = v.information.issued(_new_assertion_id(), decision.today)
