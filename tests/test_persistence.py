@@ -511,3 +511,33 @@ def test_one_process_checkpoints_the_shared_log(tmp_path: Path) -> None:
     while in_the_file() < 40 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert in_the_file() == 40
+
+
+def test_hot_path_connections_to_a_sqlite_file_are_reused_and_kept_clean(tmp_path: Path) -> None:
+    """The store's hot path keeps idle SQLite connections in a list instead of SQLAlchemy's pool: the
+    last one given back is the next one taken, each has the service's pragmas, one that saw an error is
+    closed rather than kept, at most ``keep`` idle ones stay, and a forked child never reuses one."""
+    import sqlite3
+
+    from cds_service.store import _IdleConnections
+
+    url = f"sqlite:///{tmp_path / 'hot.sqlite3'}"
+    upgrade_schema(make_engine(url))
+    store = Store(make_engine(url))
+    assert isinstance(store._connections, _IdleConnections)
+    connections = _IdleConnections(store.engine, keep=2)
+    with connections.connection() as first:
+        assert first.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert first.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    with connections.connection() as again:
+        assert again is first  # given back, taken again: no new connection
+    with pytest.raises(ZeroDivisionError), connections.connection() as failed:
+        raise ZeroDivisionError
+    with pytest.raises(sqlite3.ProgrammingError):
+        failed.execute("SELECT 1")  # closed, not kept
+    with connections.connection() as a, connections.connection() as b, connections.connection() as c:
+        assert len({id(a), id(b), id(c)}) == 3  # threads at once get a connection each
+    assert len(connections._idle) == 2  # keep=2: the third was closed on its way back
+    connections._pid = -1  # as if this process were a fork of the one that opened them
+    with connections.connection() as in_child:
+        assert in_child not in (a, b, c)
