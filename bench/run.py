@@ -376,10 +376,12 @@ def main() -> None:
         cold["ceiling"] = min(c.cold_start for c in ceilings.values())
         compared = None
         if args.compare:
-            compared = Side(f"service-at-{_commit(args.compare)}",
-                            start(gunicorn("cds_service.wsgi:app", *PRODUCTION),
-                                  {"PYTHONPATH": str(args.compare.resolve()),
-                                   "CDS_DATABASE_URL": f"sqlite:///{tmp / 'bench-compare.sqlite3'}"}))
+            checkout = args.compare.resolve()
+            side_env = {"PYTHONPATH": str(checkout), "CDS_DATABASE_URL": f"sqlite:///{tmp / 'bench-compare.sqlite3'}"}
+            if not package_location(checkout, {**os.environ, **env, **side_env}).is_relative_to(checkout):
+                sys.exit(f"the service started from {checkout} would not run that checkout's code")
+            compared = Side(f"service-at-{_commit(checkout)}",
+                            start(gunicorn("cds_service.wsgi:app", *PRODUCTION), side_env, cwd=checkout))
             cold[compared.name] = compared.server.cold_start
         secured = peer = None
         if any(c.jwt for c in every):
@@ -434,6 +436,15 @@ def report(rows: list[Row], cold: dict[str, float], args: argparse.Namespace) ->
         "commit": _commit(), "settings": {k: str(v) for k, v in vars(args).items()},
         "cold_start_s": cold, "results": [row.__dict__ for row in rows]}, indent=2))
     print(f"figures written to {path}")
+
+
+def package_location(checkout: Path, env: dict[str, str]) -> Path:
+    """Where a server started in ``checkout`` imports cds_service from. ``python -m`` puts the working
+    directory first on the path, before PYTHONPATH: a compared side started from this checkout's
+    directory ran this checkout's code, whatever PYTHONPATH said."""
+    out = subprocess.run([sys.executable, "-c", "import cds_service; print(cds_service.__file__)"], cwd=checkout,
+                         env=env, capture_output=True, text=True, check=True, timeout=60)
+    return Path(out.stdout.strip()).resolve()
 
 
 def _commit(checkout: Path = ROOT) -> str:

@@ -5,6 +5,7 @@ request its own hookInstance and, on the authenticated side, its own single-use 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -38,3 +39,19 @@ def test_bench_runs_every_side_without_errors(tmp_path: Path) -> None:
     # the ceiling of the round is the fastest of its candidates
     assert listed["sides"]["ceiling"]["rps"] == max(listed["sides"][c]["rps"] for c in ceilings - {"ceiling"})
     assert 0 < figures["cold_start_s"]["service"] < 60
+
+
+def test_a_compared_checkout_runs_its_own_code(tmp_path: Path) -> None:
+    """The compared side is started in its own checkout: started from this one, `python -m gunicorn`
+    imported this checkout's package whatever PYTHONPATH said, and both sides ran the same code."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from run import package_location
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    other = tmp_path / "other"
+    (other / "cds_service").mkdir(parents=True)
+    (other / "cds_service" / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(other)}
+    assert package_location(other, env).is_relative_to(other)
+    assert not package_location(ROOT, env).is_relative_to(other)  # the trap the bench fell into
