@@ -20,8 +20,8 @@ order, so a drift of this shared machine's speed does not land on one side only)
   ``ceiling-same-config`` (the service's own gunicorn settings), none with an access log, all answering
   with the service's recorded response bytes for the same request. (None is always the fastest here.)
 - ``service-at-REF`` (with ``--compare DIR``): the service from another checkout of this repository
-  (e.g. ``git worktree add ../before HEAD~3``) under the same production command, for a before/after
-  in the same run.
+  (e.g. ``git worktree add ../before HEAD~3``), started in that checkout, under the same production
+  command, for a before/after in the same run.
 - ``peer`` (with ``--peer DIR``): the PAMA imaging service of cds-hooks/sandbox-cds-services, one Node
   process as shipped, sent the equivalent order-select (one rated order, answered with a system action).
 
