@@ -185,8 +185,8 @@ def upgrade_schema(engine: Engine) -> str:
 
 @contextmanager
 def _migration_lock(engine: Engine) -> Iterator[None]:
-    database = engine.url.database if engine.dialect.name == "sqlite" else None
-    if not database or database == ":memory:":
+    database = sqlite_file(engine)
+    if database is None:
         yield
         return
     with open(f"{database}.migrate-lock", "a") as lock:
@@ -230,6 +230,12 @@ def _json_value(text: str | bytes) -> Any:
         return json.loads(text)
 
 
+def sqlite_file(engine: Engine) -> str | None:
+    """The database file of a SQLite engine; None for PostgreSQL and for SQLite in memory."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    return database if database and database != ":memory:" else None
+
+
 def make_engine(url: str, sqlite_synchronous: str = "NORMAL") -> Engine:
     json_options = {"json_serializer": _json_text, "json_deserializer": _json_value}
     if url.startswith("sqlite") and make_url(url).database in (None, "", ":memory:"):
@@ -258,8 +264,7 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._write_lock = _SqliteWriteLock(engine)
-        database = engine.url.database if engine.dialect.name == "sqlite" else None
-        self._connections = _IdleConnections(engine) if database and database != ":memory:" else _Pooled(engine)
+        self._connections = _IdleConnections(engine) if sqlite_file(engine) else _Pooled(engine)
         self._checkpoints = _Checkpointer(engine, self._write_lock)
         self._insert = {t.name: _Insert(t, engine.dialect) for t in (hook_calls, coverage_assertions, feedback,
                                                                       seen_jti, cards, verdicts)}
@@ -537,8 +542,8 @@ class _SqliteWriteLock:
     """
 
     def __init__(self, engine: Engine) -> None:
-        database = engine.url.database if engine.dialect.name == "sqlite" else None
-        self.path = f"{database}.write-lock" if database and database != ":memory:" else None
+        database = sqlite_file(engine)
+        self.path = f"{database}.write-lock" if database else None
         self.thread_lock = threading.Lock()
         self._fd: int | None = None
         self._pid = 0
@@ -580,8 +585,8 @@ class _Checkpointer:
     INTERVAL_SECONDS = 0.25
 
     def __init__(self, engine: Engine, write_lock: _SqliteWriteLock) -> None:
-        database = engine.url.database if engine.dialect.name == "sqlite" else None
-        self.engine = engine if database and database != ":memory:" else None
+        self.database = sqlite_file(engine)
+        self.engine = engine if self.database else None
         self.write_lock = write_lock
         self._pid = 0
         self._lock = threading.Lock()
@@ -599,7 +604,7 @@ class _Checkpointer:
 
     def _run(self) -> None:
         assert self.engine is not None
-        lock_file = os.open(f"{self.engine.url.database}.checkpoint-lock", os.O_CREAT | os.O_RDWR, 0o600)
+        lock_file = os.open(f"{self.database}.checkpoint-lock", os.O_CREAT | os.O_RDWR, 0o600)
         while True:
             time.sleep(self.INTERVAL_SECONDS)
             if not self.elected:
