@@ -467,8 +467,9 @@ def test_two_workers_on_one_sqlite_file_see_each_others_calls(tmp_path: Path) ->
 
 def test_database_files_stay_bounded_under_a_thread_per_request_server(service_factory: Any) -> None:
     """The `serve` command's server (werkzeug) starts a thread per request: connections come back to the
-    pool with each request, so the files the process holds open stay bounded however many calls it
-    answers (a connection kept per thread instead left ~1 open file per call behind, 9 -> 55 in 150)."""
+    store's idle list with each request (at most 16 kept), so the files the process holds open stay
+    bounded however many calls it answers (a connection kept per thread instead left ~1 open file per
+    call behind, 9 -> 55 in 150)."""
     cds = service_factory()
     database = make_url(cds.app.config["DATABASE_URL"]).database
 
