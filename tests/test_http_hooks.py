@@ -412,6 +412,13 @@ def test_null_element_in_an_order_is_400(cds: LiveService) -> None:
     assert "subject" in _outcome(resp, 400)
 
 
+@pytest.mark.parametrize("element", [{"_status": "true"}, {"status__ext": "[1]"}])
+def test_an_order_fhir_resources_cannot_read_is_400_not_500(cds: LiveService, element: dict[str, Any]) -> None:
+    body = hook_request(service_request("0530U", "2025-03-03", **element))
+    resp = cds.http.post(cds.url(f"/cds-services/{SIGN}"), json=body, timeout=5)
+    assert next(iter(element)) in _outcome(resp, 400)
+
+
 def test_empty_elements_are_tolerated_and_not_echoed(cds: LiveService) -> None:
     body = cds.call(hook_request(service_request("0530U", "2025-03-03", reasonCode=[], category=[{}])))
     resource = body["systemActions"][0]["resource"]
