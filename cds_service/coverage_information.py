@@ -143,10 +143,15 @@ class CoverageInformation:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.verdict_json()).hexdigest()
+        return verdict_fingerprint(self.verdict_json())
 
     def issued(self, assertion_id: str, on: dt.date) -> CoverageInformation:
         return replace(self, assertion_id=assertion_id, date=on)
+
+
+def verdict_fingerprint(verdict_json: bytes) -> str:
+    """The fingerprint of a verdict's content (``verdict_json``): same fingerprint, same assertion."""
+    return hashlib.sha256(verdict_json).hexdigest()
 
 
 def extensions_on(resource: dict[str, Any]) -> Iterable[dict[str, Any]]:

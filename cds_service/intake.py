@@ -354,8 +354,9 @@ def _json_form_problem(node: Any, path: str = "") -> tuple[str, str] | None:
     return None
 
 
-def validate_order(resource: dict[str, Any], where: str) -> None:
-    """Validate in full an order the policy judges; raises RequestError.
+def validate_order(resource: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate in full an order the policy judges and return it as it will be echoed (``pruned``);
+    raises RequestError.
 
     An order in the common form is settled by fast_validation (~7 us); any other is validated by
     fhir.resources (~0.1 ms), which words the error. Orders the policy has nothing to say about were
@@ -366,7 +367,7 @@ def validate_order(resource: dict[str, Any], where: str) -> None:
         raise RequestError(f"Invalid ServiceRequest: {at.lstrip('.')} {what}", where + at)
     order = pruned(resource)  # validated as it will be echoed: empties dropped, codes trimmed (compared trimmed)
     if plainly_valid(order):
-        return
+        return order
     try:
         ServiceRequest.model_validate(order)
     except ValidationError as exc:
@@ -374,6 +375,7 @@ def validate_order(resource: dict[str, Any], where: str) -> None:
     except (AttributeError, TypeError, KeyError, IndexError) as exc:  # the library failed on this input
         log.warning("fhir.resources failed on an order (%s: %s)", type(exc).__name__, exc)
         raise RequestError("Invalid ServiceRequest: not FHIR JSON that can be read", where) from exc
+    return order
 
 
 # ---------------------------------------------------------------- orders

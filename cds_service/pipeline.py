@@ -23,6 +23,7 @@ import orjson
 
 from cds_service import terminology
 from cds_service.auth import REPLAYED, AuthError, Client, TokenVerifier
+from cds_service.coverage_information import verdict_fingerprint
 from cds_service.decision import (
     Context,
     CoverageFacts,
@@ -136,9 +137,9 @@ class Pipeline:
         judgements: list[OrderJudgement] = []
         for source in request.orders:
             judgement = judge(to_order(source, self.knowledge, today, conditions), self.knowledge, patient_categories)
-            if judgement is not None:
-                validate_order(source.resource, source.location)
-                judgements.append(judgement)
+            if judgement is not None:  # judged: validated in full, and from here on in the form it is echoed
+                echoed = replace(judgement.order, resource=validate_order(source.resource, source.location))
+                judgements.append(replace(judgement, order=echoed))
 
         sandbox_note: tuple[str, str] | None = None
         selection = Selection(())
@@ -260,15 +261,17 @@ class Pipeline:
             held = {(ref, aid): verdict for ref, aid, verdict in j.order.held}
             for v in j.verdicts:
                 subject = _subject_key(iss, request.patient_id, j.order.reference, v.coverage.reference)
-                previous = self.store.issued_assertion(subject, v.information.fingerprint) if look_up else None
+                verdict_json = v.information.verdict_json()
+                fingerprint = verdict_fingerprint(verdict_json)
+                previous = self.store.issued_assertion(subject, fingerprint) if look_up else None
                 if previous is not None:
                     information = v.information.issued(*previous)
                     carried = held.get((v.coverage.reference, previous[0]))
-                    send = carried is None or carried != information.verdict_json()
-                    out.setdefault(j.order.reference, []).append(Issued(v, information, False, send))
+                    issued = Issued(v, information, fingerprint, new=False, send=carried != verdict_json)
                 else:
                     information = v.information.issued(_new_assertion_id(), decision.today)
-                    out.setdefault(j.order.reference, []).append(Issued(v, information, True, True))
+                    issued = Issued(v, information, fingerprint, new=True, send=True)
+                out.setdefault(j.order.reference, []).append(issued)
         return out
 
     def _assertion_row(self, request: HookRequest, iss: str, j: OrderJudgement, i: Issued) -> dict[str, Any]:
@@ -283,7 +286,7 @@ class Pipeline:
             "date_of_service_end": window.end, "date_of_service_stated": window.stated,
             "assertion_date": info.date, "expiry_date": info.expiry_date,
             "subject_key": _subject_key(iss, request.patient_id, j.order.reference, info.coverage),
-            "fingerprint": info.fingerprint, "information": info.to_fhir(),
+            "fingerprint": i.fingerprint, "information": i.extension,
         }
 
     def handle_feedback(self, service_id: str, body: Any, client: Client | None = None) -> int:

@@ -17,7 +17,6 @@ from cds_service import terminology
 from cds_service.coverage_information import CoverageInformation, extensions_on
 from cds_service.decision import Decision, OrderJudgement, PayerKind, Verdict
 from cds_service.decision.rules import Context, Wording, fill, governing_policies, policy_url, wording
-from cds_service.fhir_json import pruned
 from cds_service.knowledge.model import Knowledge, Link
 
 SUMMARY_LIMIT = 139  # CDS Hooks: summary SHALL be under 140 characters
@@ -31,8 +30,13 @@ class Issued:
 
     verdict: Verdict
     information: CoverageInformation
+    fingerprint: str  # the verdict's content, hashed (CoverageInformation.fingerprint)
     new: bool  # first time this verdict was given (False: the id the EHR already has, reused)
     send: bool  # False when the order already carries exactly this coverage-information (CRD resp-35)
+    extension: dict[str, Any] = field(init=False, compare=False)  # information.to_fhir(), made once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extension", self.information.to_fhir())
 
 
 @dataclass(frozen=True)
@@ -179,10 +183,10 @@ def _card(template_id: str, knowledge: Knowledge, options: RenderOptions, values
 def _coverage_update(j: OrderJudgement, sent: list[Issued]) -> dict[str, Any]:
     """An update of the order adding our coverage-information (replacing what we said before about the
     same Coverages) and changing nothing else (CRD resp-37)."""
-    resource = pruned(j.order.resource)
+    resource = dict(j.order.resource)  # already as echoed (pruned) by intake
     ours = {i.information.coverage for i in sent}
     kept = [e for e in resource.get("extension", []) if not _about(e, ours)]
-    resource["extension"] = kept + [i.information.to_fhir() for i in sent]
+    resource["extension"] = kept + [i.extension for i in sent]
     return {"type": "update", "description": f"Coverage information for {j.label}", "resource": resource}
 
 
