@@ -80,6 +80,34 @@ def test_hook_endpoint_never_fails_on_mutated_requests(client: Any, path: tuple[
         assert resp.get_json()["resourceType"] == "OperationOutcome"
 
 
+def node_at(body: Any, path: tuple[Any, ...]) -> Any:
+    for step in path:
+        body = body[step]
+    return body
+
+
+DICT_PATHS = [p for p in paths(BASE) if isinstance(node_at(BASE, p), dict)]  # the body itself included
+# Element names a FHIR library may treat specially: primitive extensions (_x), its own Python names
+# (x__ext), the resource type and the generic containers; values include JSON written as text.
+ADDED_NAMES = st.sampled_from(["_status", "_code", "_system", "_id", "_reference", "_start", "status__ext",
+                               "code__ext", "resource_type", "resourceType", "extension", "modifierExtension",
+                               "contained", "fhir_comments", "meta", "text", "_given"])
+ADDED_VALUES = json_values | st.sampled_from(["true", "[1]", "null", "{}", "1", [None, {}], {"extension": "x"}])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(DICT_PATHS), name=ADDED_NAMES, value=ADDED_VALUES)
+def test_hook_endpoint_never_fails_on_added_elements(client: Any, path: tuple[Any, ...], name: str,
+                                                     value: Any) -> None:
+    """An element added anywhere (e.g. "_status": "true" on an order once made fhir.resources crash: a 500)."""
+    body = replace(BASE, (*path, name), value)
+    resp = client.post(f"/cds-services/{SIGN}", json=body)
+    COUNT["hook"] += 1
+    assert resp.status_code in (200, 400, 409), (path, name, value, resp.get_data(as_text=True))
+    if resp.status_code == 200:
+        assert_valid_response(resp.get_json())
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=json_values | st.fixed_dictionaries({"feedback": st.lists(
     st.fixed_dictionaries({"card": json_values, "outcome": st.sampled_from(["accepted", "overridden", 3]),
