@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, request
 from flask_cors import CORS
 
 from cds_service.auth import KeyFetcher, TokenVerifier, load_trusted_issuers
@@ -84,10 +84,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.wsgi_app = BodyReader(app.wsgi_app, settings["REQUEST_READ_SECONDS"],  # type: ignore[method-assign]
                               settings["MAX_CONTENT_LENGTH"])
     # CORS headers only for requests that carry an Origin (browsers; an EHR calling server to server sends
-    # none and reads none): flask-cors' default adds them to every answer (its hook: 46-60 us of a hook
-    # call in place, 28-34 us this way).
+    # none and reads none): flask-cors' default adds them to every answer. Its after-request function
+    # still spends ~18 us of a call in place finding that out, so it runs only for requests with an Origin.
+    before = list(app.after_request_funcs.get(None, []))
     CORS(app, origins=[o.strip() for o in settings["CORS_ORIGINS"].split(",")],
          allow_headers=["authorization", "content-type"], max_age=3600, always_send=False)
+    app.after_request_funcs[None] = [f if f in before else _only_with_origin(f) for f in app.after_request_funcs[None]]
 
     from cds_service.web import hooks, ops, records, responses
 
@@ -96,6 +98,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(records.bp)
     return app
+
+
+def _only_with_origin(after: Callable[[Response], Any]) -> Callable[[Response], Any]:
+    def for_browsers(response: Response) -> Any:
+        return after(response) if "HTTP_ORIGIN" in request.environ else response
+    return for_browsers
 
 
 def _list(value: str) -> tuple[str, ...]:

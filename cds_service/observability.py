@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from prometheus_client import (
@@ -26,6 +28,18 @@ LATENCY = Histogram("cds_request_seconds", "Request latency by endpoint and serv
 DECISIONS = Counter("cds_decisions_total", "Order decisions by outcome", ["outcome"])
 FHIR_FETCH_ERRORS = Counter("cds_fhir_fetch_errors_total", "Failed FHIR fetches by reason", ["reason"])
 AUTH_FAILURES = Counter("cds_auth_failures_total", "Rejected client tokens")
+
+
+@functools.cache  # label values are bounded: endpoint names, known service ids, status codes
+def request_series(endpoint: str, service: str, status: str) -> tuple[Any, Any]:
+    """The request counter and latency histogram of one label set: ``labels()`` checks and locks on every
+    call, a lookup here is a dict hit."""
+    return REQUESTS.labels(endpoint, service, status), LATENCY.labels(endpoint, service)
+
+
+@functools.cache  # one per reason code of the knowledge
+def decision_counter(outcome: str) -> Any:
+    return DECISIONS.labels(outcome)
 
 
 def metrics_payload() -> tuple[bytes, str]:

@@ -50,7 +50,7 @@ from cds_service.intake import (
     validate_order,
 )
 from cds_service.knowledge import Knowledge
-from cds_service.observability import DECISIONS, FHIR_FETCH_ERRORS, hook_instance
+from cds_service.observability import FHIR_FETCH_ERRORS, decision_counter, hook_instance
 from cds_service.render import Issued, RenderOptions, render
 from cds_service.services import CONFIGURATION_OPTIONS, COVERAGE, DISPATCHED_ORDERS, Prefetch, ServiceDeclaration
 from cds_service.store import Store, TokenReused, utcnow
@@ -162,7 +162,7 @@ class Pipeline:
         rendered = render(decision, issued, self.knowledge, ctx, options)
         for j in decision.judgements:
             for v in j.verdicts or ():
-                DECISIONS.labels(v.reason).inc()
+                decision_counter(v.reason).inc()
 
         if not record:
             return rendered.response, False

@@ -551,6 +551,22 @@ def test_cors_preflight_without_authorization(cds: LiveService) -> None:
     assert browser.headers["Access-Control-Allow-Origin"] in ("*", "https://sandbox.cds-hooks.org")
 
 
+def test_cors_is_not_worked_out_for_requests_without_an_origin(cds: LiveService,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """flask-cors runs only for browsers' requests (it cost a server-to-server call ~18 us to find it had
+    nothing to add)."""
+    import flask_cors.extension
+
+    matched: list[str] = []
+    match = flask_cors.extension.try_match_pattern
+    monkeypatch.setattr(flask_cors.extension, "try_match_pattern",
+                        lambda path, *a, **k: matched.append(path) or match(path, *a, **k))
+    resp = cds.http.post(cds.url(f"/cds-services/{SIGN}"), json=hook_request(service_request("0530U")), timeout=10)
+    assert resp.status_code == 200 and matched == []
+    browser = cds.http.get(cds.url("/cds-services"), headers={"Origin": "https://sandbox.cds-hooks.org"}, timeout=5)
+    assert "Access-Control-Allow-Origin" in browser.headers and matched == ["/cds-services"]
+
+
 def test_conditions_in_prefetch_decide_metastatic_colorectal_cancer(cds: LiveService) -> None:
     order = service_request(None, "2025-03-03", reasonReference=[{"reference": "Condition/crc"}])
     order["code"] = {"text": "ctDNA KRAS/NRAS/BRAF"}

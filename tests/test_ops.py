@@ -72,6 +72,16 @@ def test_metrics_count_requests_decisions_and_failures(cds: LiveService) -> None
     assert delta("cds_request_seconds_count", endpoint="call_service", service=SIGN) == 3
 
 
+def test_a_label_set_is_looked_up_once() -> None:
+    """prometheus_client's labels() checks and locks on each call; the per-request series are kept."""
+    from cds_service.observability import LATENCY, REQUESTS, decision_counter, request_series
+
+    counter, histogram = request_series("call_service", SIGN, "200")
+    assert request_series("call_service", SIGN, "200") == (counter, histogram)
+    assert counter is REQUESTS.labels("call_service", SIGN, "200") and histogram is LATENCY.labels("call_service", SIGN)
+    assert decision_counter("investigational-code-list") is decision_counter("investigational-code-list")
+
+
 def test_fhir_fetch_errors_and_auth_failures_are_counted(service_factory: Any, tmp_path: Path) -> None:
     svc = service_factory(FHIR_SERVERS="http://127.0.0.1:9/fhir", FHIR_ALLOW_HTTP=True, FHIR_BUDGET_SECONDS=0.5)
     before = requests.get(svc.url("/metrics"), timeout=5).text

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from cds_service.intake import RequestError
 from cds_service.json_limits import json_problem, may_have_problem
-from cds_service.observability import LATENCY, REQUESTS, hook_instance
+from cds_service.observability import hook_instance, request_series
 from cds_service.services import discovery
 from cds_service.web.responses import authenticated_client, current_pipeline, json_response, operation_outcome
 
@@ -70,8 +70,9 @@ def _observe(response: Response) -> Response:
     if service and service not in current_pipeline().services:
         service = "unknown"  # label values only from known ids: a made-up id must not create a series
     elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-    REQUESTS.labels(endpoint, service, str(response.status_code)).inc()
-    LATENCY.labels(endpoint, service).observe(elapsed)
+    requests, latency = request_series(endpoint, service, str(response.status_code))
+    requests.inc()
+    latency.observe(elapsed)
     if endpoint == "list_services" and response.status_code < 400:
         return response
     log.info("%s %s %s", request.method, request.path, response.status_code,
