@@ -1,8 +1,9 @@
 """One hook call, end to end, in one straight line:
 
-parse the request for its hook -> (a retry? answer as before) -> complete the orders -> judge each
-order -> complete the coverage -> select the Coverages this endpoint answers for -> decide one
-coverage-information per order and Coverage -> issue stable assertion ids -> render -> record.
+parse the request for its hook -> complete the orders -> judge each order -> complete the coverage ->
+select the Coverages this endpoint answers for -> decide one coverage-information per order and
+Coverage -> issue stable assertion ids -> render -> record (an EHR's retry of a recorded call meets
+the first call's record there, and gets its answer).
 
 Framework-free so the HTTP layer and the ``evaluate`` command run exactly the same path.
 """
@@ -121,8 +122,6 @@ class Pipeline:
         iss = client.iss if client else ""
         retry_key = _digest(f"{iss}\n{request.hook_instance}")
         digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        if record and (replay := self._recorded(retry_key, digest)) is not None:
-            return replay, False
         if request.requested_version not in (None, terminology.CRD_VERSION):
             raise RequestError(f"CRD version {request.requested_version} is not supported; this service implements "
                                f"CRD {terminology.CRD_VERSION}", "extension.davinci-crd.requestedVersion", 422)
@@ -160,11 +159,8 @@ class Pipeline:
         issued = self._issue(decision, request, iss, look_up=record)
         options = RenderOptions(disabled, primary_hook=service.primary, sandbox_note=sandbox_note)
         rendered = render(decision, issued, self.knowledge, ctx, options)
-        for j in decision.judgements:
-            for v in j.verdicts or ():
-                decision_counter(v.reason).inc()
-
         if not record:
+            _count(decision)
             return rendered.response, False
         assertions = [self._assertion_row(request, iss, j, i)
                       for j in decision.judgements for i in issued.get(j.order.reference, []) if i.new]
@@ -181,15 +177,18 @@ class Pipeline:
         verdict_rows = [{**row, "received_at": now, "service_id": service_id, "client_iss": client and client.iss}
                         for row in _verdict_rows(decision, issued)]
         token_row = {"iss": token.iss, "jti": token.jti, "expires_at": token.expires} if token else None
+        # Retries are rare, so they are not looked up first: the record's unique retry key finds them.
         recorded = self.store.record_hook_call(call, verdict_rows, assertions, cards, token_row)
         if not recorded and (replay := self._recorded(retry_key, digest)) is not None:
-            return replay, False  # a retry of this hookInstance was recorded while we worked: answer what it did
+            return replay, False  # this hookInstance was answered before (or meanwhile): answer what it did
+        _count(decision)
         return rendered.response, recorded and token is not None
 
     # ------------------------------------------------------------ steps
 
     def _recorded(self, retry_key: str, digest: str) -> dict[str, Any] | None:
-        """The answer already given to this hookInstance (an EHR retry), or None for a new call."""
+        """The answer already given to this hookInstance (an EHR retry), or None; a 409 when it was
+        given to another request."""
         stored = self.store.recorded_response(retry_key)
         if stored is None:
             return None
@@ -314,6 +313,12 @@ class Pipeline:
             row["client_iss"] = client and client.iss
         self.store.record_feedback(rows)
         return len(rows)
+
+
+def _count(decision: Decision) -> None:
+    for j in decision.judgements:
+        for v in j.verdicts:
+            decision_counter(v.reason).inc()
 
 
 def _digest(text: str) -> str:

@@ -154,6 +154,18 @@ def test_a_retry_of_the_same_hook_instance_gets_the_same_answer_and_is_stored_on
         assert conn.execute(select(func.count()).select_from(cards)).scalar() == len(first["cards"])
 
 
+def test_a_new_call_is_not_looked_up_in_the_record_first(cds: LiveService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries are rare: the record's unique retry key finds them, so a new call reads nothing first."""
+    store = cds.pipeline.store
+    lookups: list[str] = []
+    recorded_response = store.recorded_response
+    monkeypatch.setattr(store, "recorded_response", lambda key: lookups.append(key) or recorded_response(key))
+    request = hook_request(service_request("0530U", "2025-03-03"))
+    first = cds.call(request)
+    assert lookups == []
+    assert cds.call(copy.deepcopy(request)) == first and len(lookups) == 1
+
+
 def test_a_hook_instance_reused_for_another_request_is_409(cds: LiveService) -> None:
     request = hook_request(service_request("0530U", "2025-03-03"))
     cds.call(request)

@@ -72,6 +72,16 @@ def test_metrics_count_requests_decisions_and_failures(cds: LiveService) -> None
     assert delta("cds_request_seconds_count", endpoint="call_service", service=SIGN) == 3
 
 
+def test_a_retried_call_counts_its_decision_once(cds: LiveService) -> None:
+    before = requests.get(cds.url("/metrics"), timeout=5).text
+    request = hook_request(service_request("0530U", "2025-03-03"))
+    first = cds.call(request)
+    assert cds.call(request) == first  # the EHR retried: answered from the record
+    after = requests.get(cds.url("/metrics"), timeout=5).text
+    outcome = {"outcome": "investigational-code-list"}
+    assert metric(after, "cds_decisions_total", **outcome) - metric(before, "cds_decisions_total", **outcome) == 1
+
+
 def test_a_label_set_is_looked_up_once() -> None:
     """prometheus_client's labels() checks and locks on each call; the per-request series are kept."""
     from cds_service.observability import LATENCY, REQUESTS, decision_counter, request_series
