@@ -11,8 +11,16 @@ def pruned(node: Any) -> Any:
     tolerated with such empties on the way in (the public sandbox sends ``coding: [{}]``), judged
     and validated in this form, and echoed in it."""
     if isinstance(node, dict):
-        items = ((k, v.strip() if k == "code" and isinstance(v, str) else pruned(v)) for k, v in node.items())
-        return {k: v for k, v in items if v not in ("", [], {}, None)}
+        out = {}
+        for k, v in node.items():
+            if isinstance(v, (dict, list)):
+                v = pruned(v)
+            elif k == "code" and isinstance(v, str):
+                v = v.strip()
+            if v not in ("", [], {}, None):
+                out[k] = v
+        return out
     if isinstance(node, list):
-        return [v for v in map(pruned, node) if v not in ("", [], {})]
+        kept = (pruned(v) if isinstance(v, (dict, list)) else v for v in node)
+        return [v for v in kept if v not in ("", [], {})]
     return node

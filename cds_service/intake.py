@@ -331,25 +331,34 @@ def _raise_first(exc: ValidationError, where: str) -> NoReturn:
     raise RequestError(f"Invalid ServiceRequest: {path.lstrip('.')}: {message}", where + path) from exc
 
 
-def _json_form_problem(node: Any, path: str = "") -> tuple[str, str] | None:
+def _json_form_problem(node: Any) -> tuple[str, str] | None:
     """Where FHIR JSON's form is broken, and how: a null (allowed only inside primitive arrays), a
     primitive's ``_element`` that is not an object (or, for an array, a list of objects and nulls), or
     a name no FHIR element has. fhir.resources crashes on some of these ("_status": "true").
 
     Empty arrays and objects are tolerated on the way in (the public sandbox sends ``coding: [{}]``);
     the renderer prunes them from anything it sends back."""
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    found = _form_problem(node)
+    if found is None:
+        return None
+    steps, what = found
+    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in reversed(steps)), what
+
+
+def _form_problem(node: Any) -> tuple[list[str | int], str] | None:
+    """(the path to the problem, innermost step first; what it is). Builds nothing on the way down."""
+    items = node.items() if isinstance(node, dict) else enumerate(node)
     for key, value in items:
-        here = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"
         if value is None and not isinstance(node, list):
-            return here, "is null, which FHIR JSON does not allow"
+            return [key], "is null, which FHIR JSON does not allow"
         if isinstance(key, str) and "__" in key:  # fhir.resources also reads its Python names (status__ext)
-            return here, "is not a FHIR element"
+            return [key], "is not a FHIR element"
         if isinstance(key, str) and key.startswith("_") and not (
                 isinstance(value, dict) or (isinstance(value, list)
                                             and all(v is None or isinstance(v, dict) for v in value))):
-            return here, "must be an object (a primitive's id and extensions), or a list of objects and nulls"
-        if (found := _json_form_problem(value, here)) is not None:
+            return [key], "must be an object (a primitive's id and extensions), or a list of objects and nulls"
+        if isinstance(value, (dict, list)) and (found := _form_problem(value)) is not None:
+            found[0].append(key)
             return found
     return None
 

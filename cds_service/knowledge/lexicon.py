@@ -7,6 +7,7 @@ strings, compiled once when the knowledge is loaded.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -19,8 +20,18 @@ _TOKENS = re.compile(r"[a-z]+|[0-9]+")
 
 def normalise(text: str) -> str:
     """Lower-case words separated by single spaces; accents, hyphens and punctuation dropped."""
+    return _normalise_short(text) if len(text) <= _CACHED_LENGTH else _normalise(text)
+
+
+def _normalise(text: str) -> str:
     folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
     return " ".join(_TOKENS.findall(_SEPARATORS.sub(" ", folded)))
+
+
+# Payer, plan and test names recur in every call; short ones are kept (at most ~1 MB in all, whatever
+# callers send).
+_CACHED_LENGTH = 256
+_normalise_short = functools.lru_cache(maxsize=2048)(_normalise)
 
 
 def tokens(text: str) -> list[str]:
