@@ -69,6 +69,18 @@ def test_phrases_join_letters_and_digits_and_prefer_the_longest() -> None:
     assert phrases.find(normalise("octdna")) is None  # whole words only
 
 
+def test_short_names_are_normalised_once_and_long_text_is_not_kept() -> None:
+    from cds_service.knowledge import lexicon
+
+    before = lexicon._normalise_short.cache_info()
+    assert normalise("Capital Blue Cross ") == normalise("Capital Blue Cross ") == "capital blue cross"
+    after = lexicon._normalise_short.cache_info()
+    assert after.hits >= before.hits + 1  # the second was a lookup
+    long_text = "Blue " * 2000
+    assert normalise(long_text) == " ".join(["blue"] * 2000)
+    assert lexicon._normalise_short.cache_info().currsize == after.currsize  # not kept: the cache stays small
+
+
 # ---------------------------------------------------------------- recognition
 
 
