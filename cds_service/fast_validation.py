@@ -87,6 +87,8 @@ class _Builder:
             value = self._value(f.annotation)
             keys[name] = Required[value] if required else NotRequired[value]
             if isinstance(extra.get("one_of_many"), str):
+                if extra.get("one_of_many_required"):  # "exactly one of" is not checked here
+                    raise TypeError(f"{model.__name__}.{name} belongs to a required choice group")
                 choices.setdefault(extra["one_of_many"], []).append(name)
         for name, f in fields.items():
             extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}

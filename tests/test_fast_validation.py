@@ -201,6 +201,13 @@ def test_a_required_element_left_out_of_the_common_form_is_refused(monkeypatch: 
     assert fast_validation._build() is None  # then every order takes the full validation
 
 
+def test_a_required_choice_group_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    field = ServiceRequest.model_fields["occurrenceDateTime"]
+    monkeypatch.setattr(field, "json_schema_extra", {**field.json_schema_extra, "one_of_many_required": True})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="required choice group"):
+        fast_validation._Builder().of(ServiceRequest)
+
+
 def test_a_type_with_validators_of_its_own_is_not_fast_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fast_validation, "_BASE_VALIDATORS", {"reject_null_complex_elements"})
     assert fast_validation._build() is None
