@@ -95,7 +95,7 @@ ADDED_NAMES = st.sampled_from(["_status", "_code", "_system", "_id", "_reference
 ADDED_VALUES = json_values | st.sampled_from(["true", "[1]", "null", "{}", "1", [None, {}], {"extension": "x"}])
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(DICT_PATHS), name=ADDED_NAMES, value=ADDED_VALUES)
 def test_hook_endpoint_never_fails_on_added_elements(client: Any, path: tuple[Any, ...], name: str,
                                                      value: Any) -> None:
