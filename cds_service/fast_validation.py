@@ -31,6 +31,7 @@ from fhir.resources.R4B.period import Period
 from fhir.resources.R4B.reference import Reference
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import AfterValidator, ConfigDict, Strict, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 # The elements of the common form, per FHIR type (JSON names). Complex elements may only be of these
@@ -55,7 +56,13 @@ COMMON_ELEMENTS: dict[type, tuple[str, ...]] = {
 _BASE_VALIDATORS = {"reject_null_complex_elements", "validate_after_model_construction"}
 
 
-def _without_none(annotation: Any) -> Any:
+def is_required(field: FieldInfo) -> bool:
+    """Required in FHIR: a required complex element, or a primitive fhir.resources marks element_required."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return field.is_required() or extra.get("element_required") is True
+
+
+def without_none(annotation: Any) -> Any:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         rest = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(rest) == 1:
@@ -83,16 +90,14 @@ class _Builder:
         for name in wanted:
             f = fields[name]
             extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
-            required = f.is_required() or extra.get("element_required") is True
             value = self._value(f.annotation)
-            keys[name] = Required[value] if required else NotRequired[value]
+            keys[name] = Required[value] if is_required(f) else NotRequired[value]
             if isinstance(extra.get("one_of_many"), str):
                 if extra.get("one_of_many_required"):  # "exactly one of" is not checked here
                     raise TypeError(f"{model.__name__}.{name} belongs to a required choice group")
                 choices.setdefault(extra["one_of_many"], []).append(name)
         for name, f in fields.items():
-            extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
-            if (f.is_required() or extra.get("element_required") is True) and name not in wanted:
+            if is_required(f) and name not in wanted:
                 raise TypeError(f"{model.__name__}.{name} is required but not in the common form")
         if model is ServiceRequest:
             keys["resourceType"] = Required[Literal["ServiceRequest"]]
@@ -104,20 +109,20 @@ class _Builder:
         return Annotated[shape, AfterValidator(_at_most_one_of(groups))]
 
     def _value(self, annotation: Any) -> Any:
-        annotation = _without_none(annotation)
+        annotation = without_none(annotation)
         if typing.get_origin(annotation) in (list, typing.List):  # noqa: UP006 (fhir.resources' own spelling)
             return list[self._value(typing.get_args(annotation)[0])]  # type: ignore[misc]
         if annotation is bool:
             return Annotated[bool, Strict()]
         if typing.get_origin(annotation) is Annotated:  # a FHIR primitive: its own type, patterns and all
             return annotation
-        model = _model_of(annotation)
+        model = model_of(annotation)
         if model is None or model not in COMMON_ELEMENTS:
             raise LookupError(annotation)
         return self.of(model)
 
 
-def _model_of(annotation: Any) -> type | None:
+def model_of(annotation: Any) -> type | None:
     """The fhir.resources class a complex element's annotation (e.g. ``abc.CodeableConceptType``) names."""
     name = getattr(annotation, "__name__", "")
     if not name.endswith("Type"):

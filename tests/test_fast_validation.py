@@ -17,7 +17,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
 from cds_service import fast_validation
-from cds_service.fast_validation import COMMON_ELEMENTS, plainly_valid
+from cds_service.fast_validation import COMMON_ELEMENTS, is_required, model_of, plainly_valid, without_none
 from cds_service.intake import RequestError, validate_order
 from tests.conftest import service_request
 
@@ -40,12 +40,6 @@ UNKNOWN_KEYS = ["foo", "extension", "_status", "status__ext", "fhir_comments", "
                 "modifierExtension", "quantityQuantity", "asNeededBoolean", "_id", "Status"]
 
 
-def _without_none(annotation: Any) -> Any:
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if typing.get_origin(annotation) in (typing.Union, type(int | None)) and len(args) == 1 \
-        else annotation
-
-
 def _primitive(annotation: Any, rng: random.Random) -> Any:
     kind = type(typing.get_args(annotation)[1]).__name__
     if rng.random() < 0.02:
@@ -55,7 +49,7 @@ def _primitive(annotation: Any, rng: random.Random) -> Any:
 
 
 def _value(annotation: Any, rng: random.Random) -> Any:
-    annotation = _without_none(annotation)
+    annotation = without_none(annotation)
     if typing.get_origin(annotation) in (list, typing.List):  # noqa: UP006
         items = [_value(typing.get_args(annotation)[0], rng) for _ in range(rng.choice((1, 1, 2, 0)))]
         if rng.random() < 0.05:
@@ -65,8 +59,7 @@ def _value(annotation: Any, rng: random.Random) -> Any:
         return rng.choice([True, False, True, "true", 1, None]) if rng.random() < 0.3 else True
     if typing.get_origin(annotation) is Annotated:
         return _primitive(annotation, rng)
-    model = next(m for m in COMMON_ELEMENTS if f"{m.__name__}Type" == getattr(annotation, "__name__", ""))
-    return _element(model, rng)
+    return _element(model_of(annotation), rng)
 
 
 def _element(model: Any, rng: random.Random) -> Any:
@@ -76,8 +69,7 @@ def _element(model: Any, rng: random.Random) -> Any:
     out: dict[str, Any] = {}
     for name in COMMON_ELEMENTS[model]:
         f = fields[name]
-        required = f.is_required() or (f.json_schema_extra or {}).get("element_required") is True  # type: ignore[union-attr]
-        if (required and rng.random() < 0.97) or rng.random() < 0.2:
+        if (is_required(f) and rng.random() < 0.97) or rng.random() < 0.2:
             out[name] = _value(f.annotation, rng)
     if rng.random() < 0.08:
         out[rng.choice(UNKNOWN_KEYS)] = rng.choice([*JUNK, "x", "true", "[1]", {"url": "http://x", "valueString": "y"},
