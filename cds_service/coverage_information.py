@@ -137,9 +137,7 @@ class CoverageInformation:
 
     def verdict_json(self) -> bytes:
         """What was asserted, without when or under which id: equal bytes mean the same verdict."""
-        content = self.to_fhir()["extension"]
-        kept = [e for e in content if e["url"] not in ("date", "coverage-assertion-id")]
-        return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
+        return _verdict_bytes(self.to_fhir()["extension"])
 
     @property
     def fingerprint(self) -> str:
@@ -169,9 +167,14 @@ def held_assertion(ext: dict[str, Any]) -> tuple[str, str, bytes] | None:
     refs = [(e.get("valueReference") or {}).get("reference") for e in subs if e.get("url") == "coverage"]
     if len(ids) != 1 or len(refs) != 1 or not isinstance(ids[0], str) or not isinstance(refs[0], str):
         return None
-    kept = [e for e in subs if e.get("url") not in ("date", "coverage-assertion-id")]
     try:
-        verdict = orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
+        verdict = _verdict_bytes(subs)
     except TypeError:  # not JSON we wrote (orjson refuses e.g. huge integers): not ours
         return None
     return refs[0], ids[0], verdict
+
+
+def _verdict_bytes(sub_extensions: list[dict[str, Any]]) -> bytes:
+    """The sub-extensions without the assertion's date and id, as comparable bytes (``verdict_json``)."""
+    kept = [e for e in sub_extensions if e.get("url") not in ("date", "coverage-assertion-id")]
+    return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
