@@ -23,6 +23,21 @@ from cds_service.store import Store, make_engine, upgrade_schema
 from cds_service.web.body_reader import BodyReader
 
 
+class _Flask(Flask):
+    """Flask, asking once per view or request hook whether it is a coroutine function. Flask asks on every
+    request (``inspect`` on four functions a hook call); the answer cannot change."""
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            return self._sync[func]
+        except AttributeError:
+            self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+        except KeyError:
+            pass
+        sync = self._sync[func] = super().ensure_sync(func)
+        return sync
+
+
 def freeze_loaded_objects() -> None:
     """Exempt what is loaded so far (policy knowledge, FHIR models, the app) from garbage collection.
 
@@ -39,7 +54,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     A broken knowledge artifact raises ``KnowledgeError`` here, so the service never starts with it;
     a bad setting or trusted-issuers file raises ``ValueError``.
     """
-    app = Flask(__name__, instance_relative_config=True, static_folder=None)
+    app = _Flask(__name__, instance_relative_config=True, static_folder=None)
     settings = load_settings(config)
     app.config.update(settings)
 

@@ -25,6 +25,7 @@ import orjson
 from cds_service.compute_gate import GATE
 
 StartResponse = Callable[..., Any]
+BODY = "cds_service.body"  # the environ key of the body read whole
 
 
 class _Watchdog:
@@ -119,6 +120,7 @@ class BodyReader:
         if len(body) > self.max_bytes:
             return _problem(start_response, "413 Request Entity Too Large", "too-long",
                             f"Request body larger than {self.max_bytes} bytes")
+        environ[BODY] = body  # the app's own reader takes it from here; others read wsgi.input
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         environ["wsgi.input_terminated"] = True

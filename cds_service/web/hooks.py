@@ -14,6 +14,7 @@ from cds_service.intake import RequestError
 from cds_service.json_limits import json_problem, may_have_problem
 from cds_service.observability import hook_instance, request_series
 from cds_service.services import discovery
+from cds_service.web.body_reader import BODY
 from cds_service.web.responses import authenticated_client, current_pipeline, json_response, operation_outcome
 
 bp = Blueprint("cds_hooks", __name__)
@@ -23,7 +24,9 @@ log = logging.getLogger("cds_service.requests")
 def _read_json() -> Any:
     if not request.is_json:
         raise RequestError("Send the body as JSON (Content-Type: application/json)", status=415)
-    data = request.get_data(cache=False)
+    data = request.environ.get(BODY)
+    if data is None:  # not read by BodyReader (an app built without it)
+        data = request.get_data(cache=False)
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
