@@ -94,8 +94,25 @@ def test_no_token(secured: LiveService) -> None:
     assert_rejected(secured, call(secured, None), "bearer token")
 
 
-def test_malformed_token(secured: LiveService) -> None:
-    assert_rejected(secured, call(secured, "not.a-jwt"), "well-formed")
+@pytest.mark.parametrize("bearer", [
+    "not.a-jwt",  # two segments
+    "a.b.c.d",  # four
+    f"{b64(b'[1]')}.{b64(b'{}')}.c2ln",  # a header that is not a JSON object
+    f"{b64(b'{}')}.{b64(b'not json')}.c2ln",  # claims that are not JSON
+    f"{b64(b'{}')}.{b64(b'{}')[:-1]}x=.c2ln",  # not base64url
+])
+def test_malformed_token(secured: LiveService, bearer: str) -> None:
+    assert_rejected(secured, call(secured, bearer), "well-formed")
+
+
+def test_a_token_with_padded_segments_is_accepted(secured: LiveService) -> None:
+    """Some issuers pad each segment with '=' and sign what they send (PyJWT accepts it); the key is still
+    found from the padded header and claims."""
+    header, claims, _ = token(secured).split(".")
+    signing_input = ".".join(p + "=" * (-len(p) % 4) for p in (header, claims))
+    assert "=" in signing_input
+    signature = jwt.algorithms.ECAlgorithm(jwt.algorithms.ECAlgorithm.SHA384).sign(signing_input.encode(), EC_KEY)
+    assert call(secured, f"{signing_input}.{b64(signature)}").status_code == 200
 
 
 def test_alg_none(secured: LiveService) -> None:
