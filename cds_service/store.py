@@ -571,26 +571,18 @@ class _Checkpointer:
     crossed 1,000 log pages did the copy and its fsync itself, inside the store's write lock: ~30x the
     cost of a commit, once in every 60 or so calls (7.5 ms at p99 of the write, against 0.25 ms median).
 
-    Each round is a passive checkpoint alongside the writers (the bulk of the copy), a second one for
-    what was appended meanwhile, then a third under the write lock, which copies only the little
-    appended during the second. The log is then wholly copied, so the next writer starts it afresh:
-    without that last step writers always appended during the checkpoint and the log grew without bound
-    (2.5 GB a minute under load). A process that writes without starting one (the command line) leaves
-    the log to SQLite's own checkpoint on close.
-
-    A round a second rather than four: pages every call rewrites (the tables' last leaves, page 1) are
-    copied once a second instead of four times, and writers wait under the lock a quarter as often.
-    Two workers at 8 connections, 12 alternating pairs of fresh instances: +8 to +10 % requests/s,
-    -2 to -4 % CPU per call, p99 no worse (17.3 against 17.9 ms). The price is a larger log between
-    rounds (a second of writes: the file reached 98 MB at 1,400 listed calls a second), which is space,
-    not time: readers find pages in it by the log's hash index.
+    Each round is a passive checkpoint alongside the writers (the bulk of the copy), then a second one
+    under the write lock, which copies only what was appended meanwhile. The log is then wholly copied,
+    so the next writer starts it afresh: without that second step writers always appended during the
+    checkpoint and the log grew without bound (2.5 GB a minute under load). A process that writes
+    without starting one (the command line) leaves the log to SQLite's own checkpoint on close.
 
     One process checkpoints at a time (it holds a lock file beside the database; when it exits another
     takes over at its next round): one copy of the log is all it takes, and each round's step under the
     write lock (two fsyncs) makes every writer of every worker wait. Two workers under load: 75 fsyncs
     instead of 142 in the same 5 s (no change in CPU per call measurable here)."""
 
-    INTERVAL_SECONDS = 1.0
+    INTERVAL_SECONDS = 0.25
 
     def __init__(self, engine: Engine, write_lock: _SqliteWriteLock) -> None:
         self.database = sqlite_file(engine)
@@ -625,7 +617,6 @@ class _Checkpointer:
                 conn = self.engine.raw_connection()
                 try:
                     conn.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()
-                    conn.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()  # what came meanwhile
                     with self.write_lock:
                         conn.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()
                 finally:

@@ -440,15 +440,13 @@ def test_sqlite_log_stays_bounded_while_calls_keep_coming(tmp_path: Path) -> Non
     app = create_app({"DATABASE_URL": f"sqlite:///{path}", "TODAY": "2026-11-25"})
     client = app.test_client()
     wal = Path(f"{path}-wal")
-    rounds = 6  # of the checkpointer: the log holds about one round of writes at most
-    interval = app.extensions["cds_pipeline"].store._checkpoints.INTERVAL_SECONDS
-    calls, deadline = 0, time.monotonic() + rounds * interval
+    calls, deadline = 0, time.monotonic() + 4
     while time.monotonic() < deadline:
         assert client.post(f"/cds-services/{SIGN}", json=hook_request(service_request("0530U", "2025-03-03"))
                            ).status_code == 200
         calls += 1
     written = calls * 12 * 4096  # what the log would hold by now, never restarted (~12 pages a call)
-    assert wal.stat().st_size < written / 3, (calls, wal.stat().st_size)
+    assert wal.stat().st_size < min(32 * 2**20, written / 3), (calls, wal.stat().st_size)
 
 
 def test_two_workers_on_one_sqlite_file_see_each_others_calls(tmp_path: Path) -> None:
