@@ -27,14 +27,14 @@ class _Flask(Flask):
     """Flask, asking once per view or request hook whether it is a coroutine function. Flask asks on every
     request (``inspect`` on four functions a hook call); the answer cannot change."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        try:
-            return self._sync[func]
-        except AttributeError:
-            self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
-        except KeyError:
-            pass
-        sync = self._sync[func] = super().ensure_sync(func)
+        sync = self._sync.get(func)
+        if sync is None:
+            sync = self._sync[func] = super().ensure_sync(func)
         return sync
 
 

@@ -183,7 +183,7 @@ class TokenVerifier:
 def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and claims, unverified: only to choose the issuer's key. PyJWT's decode, which checks the
     signature, then reads the token again in full (and strictly: its base64 is checked character by
-    character, in Python). Reading it with PyJWT here too cost that check twice, ~60 us a call."""
+    character, in Python). Reading it with PyJWT here too cost that check twice (~0.4 M instructions)."""
     parts = token.split(".")
     try:
         if len(parts) != 3:
