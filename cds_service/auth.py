@@ -12,7 +12,6 @@ Trust is configured per issuer (``CDS_TRUSTED_ISSUERS``, JSON or YAML):
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -188,7 +187,7 @@ def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         if len(parts) != 3:
             raise ValueError("not three segments")
-        header, claims = (orjson.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))) for p in parts[:2])
+        header, claims = (orjson.loads(jwt.utils.base64url_decode(p)) for p in parts[:2])
     except ValueError as exc:  # binascii.Error and orjson's JSONDecodeError are ValueErrors
         raise AuthError("The token is not a well-formed JWT") from exc
     if not isinstance(header, dict) or not isinstance(claims, dict):

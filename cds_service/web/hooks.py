@@ -25,7 +25,7 @@ def _read_json() -> Any:
     if not request.is_json:
         raise RequestError("Send the body as JSON (Content-Type: application/json)", status=415)
     data = request.environ.get(BODY)
-    if data is None:  # not read by BodyReader (an app built without it)
+    if data is None:  # BodyReader left it unread: declared larger than the limit, so Flask answers 413 here
         data = request.get_data(cache=False)
     try:
         body = orjson.loads(data)
