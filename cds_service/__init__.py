@@ -96,8 +96,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         public_base_url=settings["PUBLIC_BASE_URL"].rstrip("/"),
     )
 
-    app.wsgi_app = BodyReader(app.wsgi_app, settings["REQUEST_READ_SECONDS"],  # type: ignore[method-assign]
-                              settings["MAX_CONTENT_LENGTH"])
+    from cds_service.web import hook_calls, hooks, ops, records, responses
+
+    # Hook calls from servers are answered without Flask (hook_calls); BodyReader hands them the body whole
+    app.wsgi_app = BodyReader(  # type: ignore[method-assign]
+        hook_calls.HookCalls(app.wsgi_app, app.extensions["cds_pipeline"], settings["PUBLIC_BASE_URL"]),
+        settings["REQUEST_READ_SECONDS"], settings["MAX_CONTENT_LENGTH"])
     # CORS headers only for requests that carry an Origin (browsers; an EHR calling server to server sends
     # none and reads none): flask-cors' default adds them to every answer. Its after-request function
     # still spends ~18 us of a call in place finding that out, so it runs only for requests with an Origin.
@@ -105,8 +109,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     CORS(app, origins=[o.strip() for o in settings["CORS_ORIGINS"].split(",")],
          allow_headers=["authorization", "content-type"], max_age=3600, always_send=False)
     app.after_request_funcs[None] = [f if f in before else _only_with_origin(f) for f in app.after_request_funcs[None]]
-
-    from cds_service.web import hooks, ops, records, responses
 
     responses.register(app)
     app.register_blueprint(hooks.bp)

@@ -2,57 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
-from cds_service.intake import RequestError
-from cds_service.json_limits import json_problem, may_have_problem
 from cds_service.observability import hook_instance, request_series
 from cds_service.services import discovery
 from cds_service.web.body_reader import BODY
-from cds_service.web.responses import authenticated_client, current_pipeline, json_response, operation_outcome
+from cds_service.web.hook_calls import answer
+from cds_service.web.responses import audience, authenticated_client, current_pipeline, json_response, operation_outcome
+from cds_service.web.wire import parse_json_body
 
 bp = Blueprint("cds_hooks", __name__)
 log = logging.getLogger("cds_service.requests")
 
 
 def _read_json() -> Any:
-    if not request.is_json:
-        raise RequestError("Send the body as JSON (Content-Type: application/json)", status=415)
-    data = request.environ.get(BODY)
-    if data is None:  # BodyReader left it unread: declared larger than the limit, so Flask answers 413 here
-        data = request.get_data(cache=False)
-    try:
-        body = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        body = _beyond_double(data, exc)
-    if may_have_problem(data) and (problem := json_problem(body)) is not None:
-        raise RequestError(*problem)
-    return body
-
-
-def _beyond_double(data: bytes, exc: orjson.JSONDecodeError) -> Any:
-    """JSON whose only fault for orjson is a number beyond a double (1e400): valid JSON, read with the
-    standard library, such numbers kept as infinities (as floats, so the body can be hashed)."""
-    if "infinity" not in str(exc):
-        raise RequestError(f"The body is not valid JSON: {exc}") from exc
-
-    def number(text: str) -> float | int:
-        value = int(text)
-        return value if -(2**63) <= value < 2**64 else float(text)
-
-    def no_constants(name: str) -> NoReturn:
-        raise RequestError(f"The body is not valid JSON: {name} is not a JSON number")
-
-    try:
-        return json.loads(data, parse_int=number, parse_constant=no_constants)
-    except ValueError as err:
-        raise RequestError(f"The body is not valid JSON: {err}") from err
+    return parse_json_body(request.content_type, _raw_body)
 
 
 @bp.before_request
@@ -93,17 +62,17 @@ def list_services() -> Response:
 
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
+    """The calls from browsers (HookCalls answers the others before Flask sees them), for CORS's headers."""
     engine = current_pipeline()
-    client = authenticated_client(defer_replay_check=True)  # the jti is written with the call's record
-    if service_id not in engine.services:
-        engine.check_replay(client)  # spent, even on a wrong address
-        return operation_outcome(404, f"No CDS service with id '{service_id}'")
-    try:
-        body = _read_json()
-    except Exception:  # a 400, 413 or 415: the token is spent even on a body that cannot be read
-        engine.check_replay(client)
-        raise
-    return json_response(engine.handle_hook(service_id, body, client, request.host_url))
+    status, body, headers = answer(engine, service_id, authorization=request.headers.get("Authorization"),
+                                   audience=audience(), host_url=request.host_url,
+                                   content_type=request.content_type, read_body=_raw_body)
+    return Response(body, status=status, headers=headers)
+
+
+def _raw_body() -> bytes:
+    data = request.environ.get(BODY)
+    return request.get_data(cache=False) if data is None else data  # None: over the limit, Flask's 413
 
 
 @bp.post("/playground/evaluate/<service_id>")

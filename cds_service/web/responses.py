@@ -15,12 +15,9 @@ from cds_service.auth import AuthError, Client
 from cds_service.intake import RequestError
 from cds_service.observability import AUTH_FAILURES
 from cds_service.pipeline import Pipeline
+from cds_service.web.wire import auth_challenge, outcome
 
 log = logging.getLogger(__name__)
-
-ISSUE_CODE_BY_STATUS = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
-                        413: "too-long", 415: "not-supported", 422: "processing", 503: "transient"}
-
 
 def current_pipeline() -> Pipeline:
     pipeline: Pipeline = current_app.extensions["cds_pipeline"]
@@ -34,8 +31,12 @@ def authenticated_client(defer_replay_check: bool = False) -> Client | None:
     verifier = current_pipeline().verifier
     if verifier is None:
         return None
-    base = current_app.config["PUBLIC_BASE_URL"].rstrip("/") or request.host_url.rstrip("/")
-    return verifier.verify(request.headers.get("Authorization"), base + request.path, defer_replay_check)
+    return verifier.verify(request.headers.get("Authorization"), audience(), defer_replay_check)
+
+
+def audience() -> str:
+    """This endpoint's URL, which a client token's aud must name."""
+    return (current_app.config["PUBLIC_BASE_URL"].rstrip("/") or request.host_url.rstrip("/")) + request.path
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -43,12 +44,7 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def operation_outcome(status: int, message: str, expression: str | None = None) -> Response:
-    issue: dict[str, Any] = {"severity": "error" if status < 500 else "fatal",
-                             "code": ISSUE_CODE_BY_STATUS.get(status, "exception"), "diagnostics": message}
-    if expression:
-        issue["expression"] = [expression]
-    body = {"resourceType": "OperationOutcome", "issue": [issue]}
-    return Response(orjson.dumps(body), status=status, mimetype="application/fhir+json")
+    return Response(outcome(status, message, expression), status=status, mimetype="application/fhir+json")
 
 
 def register(app: Flask) -> None:
@@ -60,9 +56,7 @@ def register(app: Flask) -> None:
     def _unauthenticated(exc: AuthError) -> Response:
         AUTH_FAILURES.inc()
         resp = operation_outcome(401, str(exc))
-        detail = str(exc).replace('"', "'")
-        resp.headers["WWW-Authenticate"] = (f'Bearer realm="cds-services", error="invalid_token", '
-                                            f'error_description="{detail}"')
+        resp.headers["WWW-Authenticate"] = auth_challenge(exc)
         return resp
 
     @app.errorhandler(HTTPException)
