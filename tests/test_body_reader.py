@@ -1,0 +1,43 @@
+"""The body reader's watchdog: deadlines held, and cheap for the requests that finish in time."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from cds_service.web.body_reader import _Watchdog
+
+
+def test_a_passed_deadline_ends_the_blocked_read() -> None:
+    watchdog = _Watchdog()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        watchdog.arm(ours, 5.0)  # the watchdog now sleeps till this one's deadline ...
+        early = socket.socketpair()
+        with early[0], early[1]:
+            started = time.monotonic()
+            watchdog.arm(early[0], 0.2)  # ... and is woken for an earlier one
+            early[0].settimeout(5)
+            assert early[0].recv(10) == b""  # end-of-file: the read side was shut
+            assert 0.15 < time.monotonic() - started < 2.0
+
+
+def test_requests_done_in_time_neither_wake_the_watchdog_nor_pile_up() -> None:
+    watchdog = _Watchdog()
+    wakes = 0
+    notify = watchdog._cond.notify
+
+    def counted(n: int = 1) -> None:
+        nonlocal wakes
+        wakes += 1
+        notify(n)
+
+    watchdog._cond.notify = counted  # type: ignore[method-assign]
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        in_flight = [watchdog.arm(ours, 5.0) for _ in range(4)]
+        for _ in range(2000):  # each request finishes, the next arrives: 4 in flight throughout
+            watchdog.disarm(in_flight.pop(0))
+            in_flight.append(watchdog.arm(ours, 5.0))
+        assert wakes <= 2, wakes  # once for the first deadline; every later one is later still
+        assert len(watchdog._heap) == 4 and len(watchdog._cancelled) <= 4
