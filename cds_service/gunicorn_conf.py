@@ -1,7 +1,7 @@
 """Gunicorn settings for deployment: ``gunicorn -c python:cds_service.gunicorn_conf cds_service.wsgi:app``.
 
 Every value can be set through the environment (CDS_BIND, CDS_WORKERS, CDS_THREADS, CDS_TIMEOUT,
-CDS_ACCESS_LOG). It is
+CDS_ACCESS_LOG, CDS_PIN_WORKERS). It is
 a module of the package, so an installed service (the wheel, the container image) has it too. Gunicorn's
 own lines (start-up, workers, access) are written as the same JSON lines as the service's.
 """
@@ -9,6 +9,7 @@ own lines (start-up, workers, access) are written as the same JSON lines as the 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Any
 
 from gunicorn.glogging import Logger
@@ -34,6 +35,11 @@ keepalive = 5
 # per request repeats it (with it on, one A/B at 8 connections ran 616 against 757 requests/s).
 # CDS_ACCESS_LOG=true adds it back.
 accesslog = "-" if os.environ.get("CDS_ACCESS_LOG", "false").lower() == "true" else None
+# Each worker runs on a CPU of its own. Left to the kernel, a worker's threads ran on both cores at once
+# (the computing thread on one, the one handing over the next request or checkpointing on the other),
+# passing the interpreter lock between cores: pinned, 3 pairs at 8 connections ran 1,474/1,652/1,567
+# against 1,268/1,407/1,368 requests/s, -5 % CPU per call, ~20 % fewer thread switches.
+pin_workers = os.environ.get("CDS_PIN_WORKERS", "true").lower() == "true" and hasattr(os, "sched_setaffinity")
 errorlog = "-"
 logger_class = "cds_service.gunicorn_conf.JsonLogger"
 
@@ -55,6 +61,20 @@ class JsonLogger(Logger):
         self.access_log.info("%s %s %s", environ.get("REQUEST_METHOD"), path, resp.status_code, extra={
             "status": resp.status_code, "remote": environ.get("REMOTE_ADDR"), "bytes": getattr(resp, "sent", None),
             "latency_ms": round(request_time.total_seconds() * 1000, 2)})
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    """In the master, which knows the other workers: the new one takes the allowed CPU fewest of them run
+    on (a restarted worker takes the CPU its predecessor left)."""
+    if pin_workers:
+        taken = Counter(getattr(w, "cds_cpu", None) for w in server.WORKERS.values())
+        worker.cds_cpu = min(sorted(os.sched_getaffinity(0)), key=lambda cpu: taken[cpu])
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    cpu = getattr(worker, "cds_cpu", None)
+    if cpu is not None:  # before the worker starts a thread: every thread it starts inherits the CPU
+        os.sched_setaffinity(0, {cpu})
 
 
 def on_starting(server: Any) -> None:

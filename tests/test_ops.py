@@ -265,6 +265,51 @@ def test_kept_alive_connections_are_spread_over_the_workers_by_the_kernel(tmp_pa
         server.stop()
 
 
+def _cpus(pid: int) -> set[frozenset[int]]:
+    """The CPU sets the process's threads may run on (one entry when they all share one)."""
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def _two_workers(server: GunicornProcess, other_than: int | None = None) -> list[int]:
+    deadline = time.monotonic() + 30
+    while len(workers := sorted(server.workers())) != 2 or other_than in workers:
+        assert time.monotonic() < deadline, "gunicorn did not run two workers"
+        time.sleep(0.05)
+    for _ in range(20):  # each worker starts its threads with its first requests
+        requests.get(f"{server.base}/cds-services", timeout=5)
+    return workers
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two CPUs")
+def test_each_worker_runs_on_a_cpu_of_its_own(tmp_path: Path) -> None:
+    """Every thread of a worker on one CPU, a different one from the other worker's; a worker that dies is
+    replaced on the CPU it left."""
+    server = GunicornProcess({"CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'g.sqlite3'}", "CDS_WORKERS": "2"}, ROOT)
+    try:
+        first, second = _two_workers(server)
+        placed = {pid: _cpus(pid) for pid in (first, second)}
+        assert all(len(sets) == 1 and len(next(iter(sets))) == 1 for sets in placed.values()), placed
+        assert placed[first] != placed[second]
+        assert all(cpus <= os.sched_getaffinity(0) for sets in placed.values() for cpus in sets)
+        os.kill(first, signal.SIGKILL)
+        replacement = next(pid for pid in _two_workers(server, other_than=first) if pid != second)
+        assert _cpus(replacement) == placed[first] and _cpus(second) == placed[second]
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux")
+def test_pinning_workers_can_be_turned_off(tmp_path: Path) -> None:
+    server = GunicornProcess({"CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'g.sqlite3'}", "CDS_WORKERS": "2",
+                              "CDS_PIN_WORKERS": "false"}, ROOT)
+    try:
+        for pid in _two_workers(server):
+            assert _cpus(pid) == {frozenset(os.sched_getaffinity(0))}
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize(("bind", "shared"), [("127.0.0.1:8080", True), ("127.0.0.1:8080,[::1]:8080", True),
                                                ("unix:/run/cds.sock", False), ("127.0.0.1:8080,unix:/x.sock", False)])
 def test_a_socket_per_worker_only_where_the_bind_allows_it(monkeypatch: pytest.MonkeyPatch, bind: str,
