@@ -19,6 +19,7 @@ from cds_service.web.wire import auth_challenge, outcome
 
 log = logging.getLogger(__name__)
 
+
 def current_pipeline() -> Pipeline:
     pipeline: Pipeline = current_app.extensions["cds_pipeline"]
     return pipeline
