@@ -14,7 +14,6 @@ import hashlib
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
@@ -38,6 +37,7 @@ from cds_service.decision import (
     select,
 )
 from cds_service.fhir_client import FetchError, FhirClient
+from cds_service.ids import new_id
 from cds_service.intake import (
     ConditionIndex,
     HookRequest,
@@ -268,7 +268,7 @@ class Pipeline:
                     carried = held.get((v.coverage.reference, previous[0]))
                     issued = Issued(v, information, fingerprint, new=False, send=carried != verdict_json)
                 else:
-                    information = v.information.issued(_new_assertion_id(), decision.today)
+                    information = v.information.issued(new_id(), decision.today)
                     issued = Issued(v, information, fingerprint, new=True, send=True)
                 out.setdefault(j.order.reference, []).append(issued)
         return out
@@ -330,8 +330,6 @@ def _subject_key(iss: str, patient: str, order: str, coverage: str) -> str:
     return _digest(f"{iss}\n{patient}\n{order}\n{coverage}")
 
 
-def _new_assertion_id() -> str:
-    return str(uuid.uuid4())
 
 
 def _verdict_rows(decision: Decision, issued: dict[str, list[Issued]]) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ applies the CDS Hooks / CRD structure rules (External Reference cards carry no s
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from cds_service import terminology
 from cds_service.coverage_information import CoverageInformation, extensions_on
 from cds_service.decision import Decision, OrderJudgement, PayerKind, Verdict
 from cds_service.decision.rules import Context, Wording, fill, governing_policies, policy_url, wording
+from cds_service.ids import new_id
 from cds_service.knowledge.model import Knowledge, Link
 
 SUMMARY_LIMIT = 139  # CDS Hooks: summary SHALL be under 140 characters
@@ -44,7 +44,7 @@ class RenderOptions:
     disabled_card_types: frozenset[str] = frozenset()  # CRD configuration: card types turned off
     primary_hook: bool = True  # order-sign / order-dispatch: systemActions is always present
     sandbox_note: tuple[str, str] | None = None  # sandbox mode, no verdict: (card template, why)
-    new_id: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
+    new_id: Callable[[], str] = new_id
 
 
 @dataclass
