@@ -330,8 +330,6 @@ def _subject_key(iss: str, patient: str, order: str, coverage: str) -> str:
     return _digest(f"{iss}\n{patient}\n{order}\n{coverage}")
 
 
-
-
 def _verdict_rows(decision: Decision, issued: dict[str, list[Issued]]) -> list[dict[str, Any]]:
     """One row per order and Coverage judged (one without a Coverage for an order with no verdict)."""
     rows = []
