@@ -37,6 +37,21 @@ def request_series(endpoint: str, service: str, status: str) -> tuple[Any, Any]:
     return REQUESTS.labels(endpoint, service, status), LATENCY.labels(endpoint, service)
 
 
+def observe_request(endpoint: str, method: str, path: str, service: str, status: int, elapsed: float,
+                    log_line: bool = True) -> None:
+    """One metrics sample per request and, unless ``log_line`` is False, its JSON log line (which carries
+    the hookInstance when known). ``service`` must be a known id, "unknown" or "": labels make series."""
+    requests, latency = request_series(endpoint, service, str(status))
+    requests.inc()
+    latency.observe(elapsed)
+    if log_line:
+        _requests_log.info("%s %s %s", method, path, status,
+                           extra={"service": service, "status": status, "latency_ms": round(elapsed * 1000, 2)})
+
+
+_requests_log = logging.getLogger("cds_service.requests")
+
+
 @functools.cache  # one per reason code of the knowledge
 def decision_counter(outcome: str) -> Any:
     return DECISIONS.labels(outcome)

@@ -22,17 +22,16 @@ from werkzeug.wsgi import get_host
 
 from cds_service.auth import AuthError
 from cds_service.intake import RequestError
-from cds_service.observability import AUTH_FAILURES, hook_instance, request_series
+from cds_service.observability import hook_instance, observe_request
 from cds_service.pipeline import Pipeline
 from cds_service.web.body_reader import BODY
-from cds_service.web.wire import auth_challenge, outcome, parse_json_body
+from cds_service.web.wire import auth_failure, outcome, parse_json_body
 
 StartResponse = Callable[..., Any]
 Headers = list[tuple[str, str]]
 PREFIX = "/cds-services/"
 ENDPOINT = "call_service"  # the metrics label, as Flask names the view that serves the same calls
 
-requests_log = logging.getLogger("cds_service.requests")
 errors_log = logging.getLogger("cds_service.web.responses")
 
 
@@ -55,8 +54,7 @@ def answer(pipeline: Pipeline, service_id: str, *, authorization: str | None, au
     except RequestError as exc:
         return exc.status, outcome(exc.status, exc.message, exc.expression), _FHIR_JSON
     except AuthError as exc:
-        AUTH_FAILURES.inc()
-        return 401, outcome(401, str(exc)), [*_FHIR_JSON, ("WWW-Authenticate", auth_challenge(exc))]
+        return auth_failure(exc)
 
 
 _STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
@@ -94,15 +92,6 @@ class HookCalls:
             errors_log.exception("unhandled error")
             status, body, headers = 500, outcome(500, "Internal error; it has been logged"), _FHIR_JSON
         start_response(_STATUS_LINES.get(status, f"{status} Error"), [*headers, ("Content-Length", str(len(body)))])
-        self._observe(path, service_id, status, time.perf_counter() - started)
+        service = service_id if service_id in self.pipeline.services else "unknown"  # as Flask's _observe
+        observe_request(ENDPOINT, "POST", path, service, status, time.perf_counter() - started)
         return [body]
-
-    def _observe(self, path: str, service_id: str, status: int, elapsed: float) -> None:
-        """The metrics sample and JSON log line Flask's ``_observe`` writes for the calls it serves."""
-        service = service_id if service_id in self.pipeline.services else "unknown"
-        requests, latency = request_series(ENDPOINT, service, str(status))
-        requests.inc()
-        latency.observe(elapsed)
-        requests_log.info("POST %s %s", path, status,
-                          extra={"service": service, "status": status, "latency_ms": round(elapsed * 1000, 2)})
-

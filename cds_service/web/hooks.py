@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
-from cds_service.observability import hook_instance, request_series
+from cds_service.observability import hook_instance, observe_request
 from cds_service.services import discovery
 from cds_service.web.body_reader import BODY
 from cds_service.web.hook_calls import answer
@@ -17,7 +16,6 @@ from cds_service.web.responses import audience, authenticated_client, current_pi
 from cds_service.web.wire import parse_json_body
 
 bp = Blueprint("cds_hooks", __name__)
-log = logging.getLogger("cds_service.requests")
 
 
 def _read_json() -> Any:
@@ -42,13 +40,8 @@ def _observe(response: Response) -> Response:
     if service and service not in current_pipeline().services:
         service = "unknown"  # label values only from known ids: a made-up id must not create a series
     elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-    requests, latency = request_series(endpoint, service, str(response.status_code))
-    requests.inc()
-    latency.observe(elapsed)
-    if endpoint == "list_services" and response.status_code < 400:
-        return response
-    log.info("%s %s %s", request.method, request.path, response.status_code,
-             extra={"service": service, "status": response.status_code, "latency_ms": round(elapsed * 1000, 2)})
+    observe_request(endpoint, request.method, request.path, service, response.status_code, elapsed,
+                    log_line=not (endpoint == "list_services" and response.status_code < 400))
     return response
 
 

@@ -13,9 +13,8 @@ from werkzeug.exceptions import HTTPException
 
 from cds_service.auth import AuthError, Client
 from cds_service.intake import RequestError
-from cds_service.observability import AUTH_FAILURES
 from cds_service.pipeline import Pipeline
-from cds_service.web.wire import auth_challenge, outcome
+from cds_service.web.wire import auth_failure, outcome
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +54,8 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(AuthError)
     def _unauthenticated(exc: AuthError) -> Response:
-        AUTH_FAILURES.inc()
-        resp = operation_outcome(401, str(exc))
-        resp.headers["WWW-Authenticate"] = auth_challenge(exc)
-        return resp
+        status, body, headers = auth_failure(exc)
+        return Response(body, status=status, headers=headers)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

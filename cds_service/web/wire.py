@@ -15,6 +15,7 @@ from werkzeug.http import parse_options_header
 from cds_service.auth import AuthError
 from cds_service.intake import RequestError
 from cds_service.json_limits import json_problem, may_have_problem
+from cds_service.observability import AUTH_FAILURES
 
 ISSUE_CODE_BY_STATUS = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                         413: "too-long", 415: "not-supported", 422: "processing", 503: "transient"}
@@ -29,10 +30,12 @@ def outcome(status: int, message: str, expression: str | None = None) -> bytes:
     return orjson.dumps({"resourceType": "OperationOutcome", "issue": [issue]})
 
 
-def auth_challenge(exc: AuthError) -> str:
-    """The WWW-Authenticate header of a 401."""
+def auth_failure(exc: AuthError) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """A refused client token: counted, and answered 401 with its WWW-Authenticate challenge."""
+    AUTH_FAILURES.inc()
     detail = str(exc).replace('"', "'")
-    return f'Bearer realm="cds-services", error="invalid_token", error_description="{detail}"'
+    challenge = f'Bearer realm="cds-services", error="invalid_token", error_description="{detail}"'
+    return 401, outcome(401, str(exc)), [("Content-Type", "application/fhir+json"), ("WWW-Authenticate", challenge)]
 
 
 def is_json(content_type: str | None) -> bool:
