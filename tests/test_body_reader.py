@@ -41,3 +41,26 @@ def test_requests_done_in_time_neither_wake_the_watchdog_nor_pile_up() -> None:
             in_flight.append(watchdog.arm(ours, 5.0))
         assert wakes <= 2, wakes  # once for the first deadline; every later one is later still
         assert len(watchdog._heap) == 4 and len(watchdog._cancelled) <= 4
+
+
+def test_requests_read_one_at_a_time_do_not_wake_the_watchdog_each_time() -> None:
+    """The usual case in a worker: one request computes at a time and its body is read at once, so
+    nothing is armed when the next one arms. Woken whenever the heap was empty, the watchdog was woken
+    for each of them (a thread switch per request)."""
+    watchdog = _Watchdog()
+    wakes = 0
+    notify = watchdog._cond.notify
+
+    def counted(n: int = 1) -> None:
+        nonlocal wakes
+        wakes += 1
+        notify(n)
+
+    watchdog._cond.notify = counted  # type: ignore[method-assign]
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        for _ in range(100):
+            watchdog.disarm(watchdog.arm(ours, 5.0))
+            time.sleep(0.002)  # between requests the watchdog thread runs, and sleeps with nothing armed
+        assert wakes <= 2, wakes
+        assert not watchdog._heap
