@@ -12,8 +12,9 @@ order, so a drift of this shared machine's speed does not land on one side only)
 
 - ``service``: the README's production command (gunicorn with ``python:cds_service.gunicorn_conf``,
   2 workers, the embedded SQLite store, every guarantee on).
-- ``service-jwt`` (case sign-1-listed-jwt): the same with a trusted issuer; every request carries its
-  own ES384 client JWT (a new jti each time, as CDS Hooks requires).
+- ``service-jwt`` (cases sign-1-listed-jwt and sign-1-listed-jwt-rs384): the same with a trusted issuer;
+  every request carries its own client JWT (a new jti each time, as CDS Hooks requires), signed with
+  ES384 (P-384) or RS384 (RSA 2048), the two algorithms CDS Hooks recommends.
 - ``ceiling``: the fastest configuration of the same stack, per round: the fastest of ``ceiling-sync``
   (Flask under gunicorn, 2 sync workers, a connection per request), ``ceiling-keepalive`` (2 gthread
   workers of one thread each, each on its own socket of the port, connections kept alive) and
@@ -52,8 +53,8 @@ from typing import Any
 
 import jwt
 import requests
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -66,7 +67,7 @@ SIGN = "/cds-services/liquid-biopsy-order-sign"
 WORKERS = "2"  # every Python side, on this 2-core machine
 PLACEHOLDER = "00000000-0000-4000-8000-000000000000"  # the hookInstance each request replaces with its own
 ISSUER = "https://ehr.bench.example"
-KEY = ec.generate_private_key(ec.SECP384R1())
+KEYS = {"ES384": ec.generate_private_key(ec.SECP384R1()), "RS384": rsa.generate_private_key(65537, 2048)}
 MAX_TOKEN_RATE = 4000  # tokens minted per measured second of the JWT case (more than any side reaches here)
 
 
@@ -76,7 +77,7 @@ class Case:
     method: str
     path: str
     body: dict[str, Any] | None
-    jwt: bool = False
+    jwt: str | None = None  # the signing algorithm of the client JWTs (None: unauthenticated)
 
 
 def cases(fhir_base: str) -> list[Case]:
@@ -98,7 +99,8 @@ def cases(fhir_base: str) -> list[Case]:
     every = [
         Case("discovery", "GET", "/cds-services", None),
         Case("sign-1-listed", "POST", SIGN, one),
-        Case("sign-1-listed-jwt", "POST", SIGN, one, jwt=True),
+        Case("sign-1-listed-jwt", "POST", SIGN, one, jwt="ES384"),
+        Case("sign-1-listed-jwt-rs384", "POST", SIGN, one, jwt="RS384"),
         Case("sign-unrelated", "POST", SIGN, hook_request(unrelated[0], coverages=(coverage(),), prefetch=prefetch)),
         Case("sign-10-orders", "POST", SIGN, hook_request(listed, *unrelated, coverages=(coverage(),),
                                                           prefetch=prefetch)),
@@ -253,13 +255,13 @@ def wrk(base: str, path: str, method: str, body_file: Path | None, token_file: P
             "socket_errors": float(sum(int(g) for g in socket_errors.groups())) if socket_errors else 0.0}
 
 
-def mint_tokens(audience: str, count: int, path: Path) -> Path:
-    """``count`` single-use client JWTs (ES384, 5-minute lifetime, each its own jti), one per line."""
+def mint_tokens(audience: str, count: int, path: Path, algorithm: str) -> Path:
+    """``count`` single-use client JWTs (5-minute lifetime, each its own jti), one per line."""
     now = int(time.time())
     with path.open("w") as f:
         for _ in range(count):
             claims = {"iss": ISSUER, "aud": audience, "exp": now + 300, "iat": now, "jti": uuid.uuid4().hex}
-            f.write(jwt.encode(claims, KEY, algorithm="ES384", headers={"kid": "bench-1"}) + "\n")
+            f.write(jwt.encode(claims, KEYS[algorithm], algorithm=algorithm, headers={"kid": algorithm}) + "\n")
     return path
 
 
@@ -285,7 +287,7 @@ def measure(case: Case, sides: list[Side], connections: int, args: argparse.Name
         path = side.path or case.path
         tokens = None
         if case.jwt and side.name == "service-jwt":
-            tokens = mint_tokens(side.server.base + path, MAX_TOKEN_RATE * seconds, tmp / "tokens.txt")
+            tokens = mint_tokens(side.server.base + path, MAX_TOKEN_RATE * seconds, tmp / "tokens.txt", case.jwt)
         query = f"?case={case.name}" if side.name.startswith("ceiling") else ""
         cpu = side.server.cpu_seconds()
         figures = wrk(side.server.base, path + query, case.method, files[side.name], tokens, connections, seconds,
@@ -386,8 +388,9 @@ def main() -> None:
         secured = peer = None
         if any(c.jwt for c in every):
             issuers = tmp / "issuers.json"
-            public = {**ECAlgorithm.to_jwk(KEY.public_key(), as_dict=True), "kid": "bench-1", "use": "sig"}
-            issuers.write_text(json.dumps({"issuers": [{"iss": ISSUER, "jwks": {"keys": [public]},
+            public = [{**ECAlgorithm.to_jwk(KEYS["ES384"].public_key(), as_dict=True), "kid": "ES384", "use": "sig"},
+                      {**RSAAlgorithm.to_jwk(KEYS["RS384"].public_key(), as_dict=True), "kid": "RS384", "use": "sig"}]
+            issuers.write_text(json.dumps({"issuers": [{"iss": ISSUER, "jwks": {"keys": public},
                                                          "fhir_servers": []}]}))
             secured = start(gunicorn("cds_service.wsgi:app", *PRODUCTION),
                             {"CDS_TRUSTED_ISSUERS": str(issuers), "CDS_ALLOW_UNAUTHENTICATED": "false",

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (scripts/test.sh installs it)")
 def test_bench_runs_every_side_without_errors(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "bench/run.py", "--cases", "sign-1-listed", "sign-1-listed-jwt",
+                          "sign-1-listed-jwt-rs384",
                           "--warmup", "0", "--duration", "1", "--rounds", "1", "--out", str(tmp_path),
                           "--compare", str(ROOT)],  # this checkout against itself: the side runs and answers
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -28,7 +29,8 @@ def test_bench_runs_every_side_without_errors(tmp_path: Path) -> None:
     ceilings = {"ceiling", "ceiling-sync", "ceiling-keepalive", "ceiling-same-config"}
     [compared] = [side for side in sides["sign-1-listed"] if side.startswith("service-at-")]
     assert set(sides["sign-1-listed"]) == {"service", compared, *ceilings}
-    assert set(sides["sign-1-listed-jwt"]) == {"service-jwt", "service", *ceilings}
+    for signed in ("sign-1-listed-jwt", "sign-1-listed-jwt-rs384"):  # ES384 and RS384 client tokens
+        assert set(sides[signed]) == {"service-jwt", "service", *ceilings}
     for case, measured in sides.items():
         for side, figures_of_side in measured.items():
             assert figures_of_side["rps"] > 0, (case, side)
