@@ -431,6 +431,40 @@ def test_token_ids_are_remembered_once_and_swept_after_expiry(database_url: str)
     assert abs((stored.replace(tzinfo=stored.tzinfo or UTC) - (now + timedelta(minutes=5))).total_seconds()) < 1
 
 
+def test_expired_token_ids_are_swept_oldest_first_a_bounded_batch_at_a_time(database_url: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each sweep deletes at most JTI_SWEEP_ROWS expired ids, the oldest first, and none still valid: one
+    unbounded sweep of 10,000 ids held every writer for ~110 ms."""
+    from datetime import UTC, datetime, timedelta
+
+    from cds_service import store as store_module
+
+    if database_url.startswith("sqlite"):
+        upgrade_schema(make_engine(database_url))
+    monkeypatch.setattr(store_module, "JTI_SWEEP_ROWS", 3)  # compiled into the store's statement
+    monkeypatch.setattr(store_module, "JTI_SWEEP_SECONDS", 3600.0)  # a sweep only when the test says
+    store = Store(make_engine(database_url))
+    now = datetime.now(UTC)
+    with store.engine.begin() as conn:
+        conn.execute(seen_jti.delete())
+        conn.execute(seen_jti.insert(), [{"iss": ISS, "jti": f"expired-{i}",
+                                          "expires_at": now - timedelta(minutes=10 - i)} for i in range(5)])
+        conn.execute(seen_jti.insert().values(iss=ISS, jti="valid", expires_at=now + timedelta(minutes=5)))
+
+    def kept() -> list[str]:
+        with store.engine.connect() as conn:
+            return sorted(r[0] for r in conn.execute(select(seen_jti.c.jti)))
+
+    assert store.remember_jti(ISS, "a", now + timedelta(minutes=5)) is True  # sweeps the 3 oldest
+    assert kept() == ["a", "expired-3", "expired-4", "valid"]
+    assert store.remember_jti(ISS, "b", now + timedelta(minutes=5)) is True  # too soon for another sweep
+    assert kept() == ["a", "b", "expired-3", "expired-4", "valid"]
+    store._last_sweep -= 3600.0
+    assert store.remember_jti(ISS, "c", now + timedelta(minutes=5)) is True
+    assert kept() == ["a", "b", "c", "valid"]
+    assert store.remember_jti(ISS, "a", now + timedelta(minutes=5)) is False  # still a replay
+
+
 def test_sqlite_log_stays_bounded_while_calls_keep_coming(tmp_path: Path) -> None:
     """Background checkpoints copy the log while calls keep appending to it; the log must still be
     started afresh now and then, or it grows without bound (it reached 2.5 GB a minute under load)."""
