@@ -67,7 +67,9 @@ SIGN = "/cds-services/liquid-biopsy-order-sign"
 WORKERS = "2"  # every Python side, on this 2-core machine
 PLACEHOLDER = "00000000-0000-4000-8000-000000000000"  # the hookInstance each request replaces with its own
 ISSUER = "https://ehr.bench.example"
-KEYS = {"ES384": ec.generate_private_key(ec.SECP384R1()), "RS384": rsa.generate_private_key(65537, 2048)}
+EC_KEY = ec.generate_private_key(ec.SECP384R1())
+RSA_KEY = rsa.generate_private_key(65537, 2048)
+KEYS: dict[str, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey] = {"ES384": EC_KEY, "RS384": RSA_KEY}
 MAX_TOKEN_RATE = 4000  # tokens minted per measured second of the JWT case (more than any side reaches here)
 
 
@@ -388,8 +390,8 @@ def main() -> None:
         secured = peer = None
         if any(c.jwt for c in every):
             issuers = tmp / "issuers.json"
-            public = [{**ECAlgorithm.to_jwk(KEYS["ES384"].public_key(), as_dict=True), "kid": "ES384", "use": "sig"},
-                      {**RSAAlgorithm.to_jwk(KEYS["RS384"].public_key(), as_dict=True), "kid": "RS384", "use": "sig"}]
+            public = [{**ECAlgorithm.to_jwk(EC_KEY.public_key(), as_dict=True), "kid": "ES384", "use": "sig"},
+                      {**RSAAlgorithm.to_jwk(RSA_KEY.public_key(), as_dict=True), "kid": "RS384", "use": "sig"}]
             issuers.write_text(json.dumps({"issuers": [{"iss": ISSUER, "jwks": {"keys": public},
                                                          "fhir_servers": []}]}))
             secured = start(gunicorn("cds_service.wsgi:app", *PRODUCTION),
