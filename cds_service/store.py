@@ -589,9 +589,15 @@ class _Checkpointer:
     One process checkpoints at a time (it holds a lock file beside the database; when it exits another
     takes over at its next round): one copy of the log is all it takes, and each round's step under the
     write lock (two fsyncs) makes every writer of every worker wait. Two workers under load: 75 fsyncs
-    instead of 142 in the same 5 s (no change in CPU per call measurable here)."""
+    instead of 142 in the same 5 s (no change in CPU per call measurable here).
 
-    INTERVAL_SECONDS = 0.25
+    Rounds are 0.05 s apart: the step under the lock lasts longer the more it copies and the larger the
+    database has grown. On a store of 150,000 calls (1.4 GB) it held every writer 24-29 ms in 0.25-s
+    rounds (9-10 ms on a new database), and p99 at 8 connections was 30-35 ms against 16 on a new
+    database; 0.1-s rounds gave 21-23 ms, 0.05-s rounds 15.7-16.4 ms (0.02 s: 13.6-15.9 ms), for a few
+    per cent of throughput. Idle, a round copies nothing and costs a lock and two statements."""
+
+    INTERVAL_SECONDS = 0.05
 
     def __init__(self, engine: Engine, write_lock: _SqliteWriteLock) -> None:
         self.database = sqlite_file(engine)
