@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py --peer ../sandbox-cds-services   # ... and the Node reference services
     .venv/bin/python bench/run.py --cases sign-1-listed --connections 1 8 32 --duration 20
     .venv/bin/python bench/run.py --soak 600                       # RSS over a bounded soak at 8 connections
+    .venv/bin/python bench/run.py --grow 150000 --cases sign-1-listed  # on a store that has grown
 
 Every server listens on 127.0.0.1 only and every load is bounded in time (wrk, Debian package `wrk`).
 
@@ -40,6 +41,7 @@ import os
 import platform
 import re
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -334,6 +336,8 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, help="another checkout of this repository, measured as a side "
                                                      "of its own (service-at-REF) under the same command")
     parser.add_argument("--soak", type=int, default=0, help="soak mode: seconds (at most 600) at 8 connections")
+    parser.add_argument("--grow", type=int, default=0, help="first record this many listed-order calls in the "
+                                                           "service's store (and the compared side's)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for the JSON figures")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -358,6 +362,9 @@ def main() -> None:
         # Cold start on a new database (creates the schema), then the server measured, on the existing one.
         first = Server(gunicorn("cds_service.wsgi:app", *PRODUCTION), env)
         first.stop()
+        if args.grow:
+            listed = next(c for c in cases(fhir.base) if c.name == "sign-1-listed")
+            grow_store(tmp / "bench.sqlite3", args.grow, listed, env)
         service = start(gunicorn("cds_service.wsgi:app", *PRODUCTION), {})
         cold = {"service_new_database": first.cold_start, "service": service.cold_start}
         every = [c for c in cases(fhir.base) if not args.cases or c.name in args.cases]
@@ -382,6 +389,8 @@ def main() -> None:
         if args.compare:
             checkout = args.compare.resolve()
             side_env = {"PYTHONPATH": str(checkout), "CDS_DATABASE_URL": f"sqlite:///{tmp / 'bench-compare.sqlite3'}"}
+            if args.grow:  # the same grown store (both checkouts must be at the same schema revision)
+                shutil.copyfile(tmp / "grown.sqlite3", tmp / "bench-compare.sqlite3")
             if not package_location(checkout, {**os.environ, **env, **side_env}).is_relative_to(checkout):
                 sys.exit(f"the service started from {checkout} would not run that checkout's code")
             compared = Side(f"service-at-{_commit(checkout)}",
@@ -458,6 +467,32 @@ def _commit(checkout: Path = ROOT) -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+GROW = """
+import json, sys, uuid
+from cds_service import create_app
+database, calls, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+body = json.loads(sys.stdin.read())
+client = create_app({"DATABASE_URL": f"sqlite:///{database}"}).test_client()
+for _ in range(calls):
+    answer = client.post(path, json={**body, "hookInstance": str(uuid.uuid4())})
+    assert answer.status_code == 200, answer.data[:500]
+"""
+
+
+def grow_store(database: Path, calls: int, case: Case, env: dict[str, str]) -> None:
+    """``calls`` calls of ``case``, each its own hookInstance, recorded through the service's own pipeline (in
+    a process of its own) into ``database``; the log then copied into the file, which is also kept as
+    grown.sqlite3 beside it for a compared side. A year of a busy EHR's order-sign calls is ~10^5-10^6."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", GROW, str(database), str(calls), case.path], input=json.dumps(case.body),
+                   text=True, env={**os.environ, **env}, cwd=ROOT, check=True, timeout=3600, capture_output=True)
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copyfile(database, database.parent / "grown.sqlite3")
+    print(f"  store grown by {calls} calls ({database.stat().st_size / 2**20:.0f} MB) in "
+          f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
 def soak(service: Server, case: Case, tmp: Path, seconds: int) -> None:

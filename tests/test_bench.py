@@ -21,10 +21,12 @@ def test_bench_runs_every_side_without_errors(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "bench/run.py", "--cases", "sign-1-listed", "sign-1-listed-jwt",
                           "sign-1-listed-jwt-rs384",
                           "--warmup", "0", "--duration", "1", "--rounds", "1", "--out", str(tmp_path),
-                          "--compare", str(ROOT)],  # this checkout against itself: the side runs and answers
+                          "--compare", str(ROOT),  # this checkout against itself: the side runs and answers
+                          "--grow", "20"],  # both sides on a store grown first
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     [figures] = [json.loads(p.read_text()) for p in tmp_path.glob("bench-*.json")]
+    assert "store grown by 20 calls" in out.stderr and figures["settings"]["grow"] == "20"
     sides = {row["case"]: row["sides"] for row in figures["results"]}
     ceilings = {"ceiling", "ceiling-sync", "ceiling-keepalive", "ceiling-same-config"}
     [compared] = [side for side in sides["sign-1-listed"] if side.startswith("service-at-")]
