@@ -8,6 +8,19 @@ import time
 from cds_service.web.body_reader import _Watchdog
 
 
+def _counting_wakes() -> tuple[_Watchdog, list[int]]:
+    """A watchdog and how often its thread has been notified so far (a one-element list)."""
+    watchdog, wakes = _Watchdog(), [0]
+    notify = watchdog._cond.notify
+
+    def counted(n: int = 1) -> None:
+        wakes[0] += 1
+        notify(n)
+
+    watchdog._cond.notify = counted  # type: ignore[method-assign]
+    return watchdog, wakes
+
+
 def test_a_passed_deadline_ends_the_blocked_read() -> None:
     watchdog = _Watchdog()
     ours, theirs = socket.socketpair()
@@ -23,23 +36,14 @@ def test_a_passed_deadline_ends_the_blocked_read() -> None:
 
 
 def test_requests_done_in_time_neither_wake_the_watchdog_nor_pile_up() -> None:
-    watchdog = _Watchdog()
-    wakes = 0
-    notify = watchdog._cond.notify
-
-    def counted(n: int = 1) -> None:
-        nonlocal wakes
-        wakes += 1
-        notify(n)
-
-    watchdog._cond.notify = counted  # type: ignore[method-assign]
+    watchdog, wakes = _counting_wakes()
     ours, theirs = socket.socketpair()
     with ours, theirs:
         in_flight = [watchdog.arm(ours, 5.0) for _ in range(4)]
         for _ in range(2000):  # each request finishes, the next arrives: 4 in flight throughout
             watchdog.disarm(in_flight.pop(0))
             in_flight.append(watchdog.arm(ours, 5.0))
-        assert wakes <= 2, wakes  # once for the first deadline; every later one is later still
+        assert wakes[0] <= 2, wakes  # once for the first deadline; every later one is later still
         assert len(watchdog._heap) == 4 and len(watchdog._cancelled) <= 4
 
 
@@ -47,20 +51,11 @@ def test_requests_read_one_at_a_time_do_not_wake_the_watchdog_each_time() -> Non
     """The usual case in a worker: one request computes at a time and its body is read at once, so
     nothing is armed when the next one arms. Woken whenever the heap was empty, the watchdog was woken
     for each of them (a thread switch per request)."""
-    watchdog = _Watchdog()
-    wakes = 0
-    notify = watchdog._cond.notify
-
-    def counted(n: int = 1) -> None:
-        nonlocal wakes
-        wakes += 1
-        notify(n)
-
-    watchdog._cond.notify = counted  # type: ignore[method-assign]
+    watchdog, wakes = _counting_wakes()
     ours, theirs = socket.socketpair()
     with ours, theirs:
         for _ in range(100):
             watchdog.disarm(watchdog.arm(ours, 5.0))
             time.sleep(0.002)  # between requests the watchdog thread runs, and sleeps with nothing armed
-        assert wakes <= 2, wakes
+        assert wakes[0] <= 2, wakes
         assert not watchdog._heap
