@@ -37,6 +37,9 @@ def request_series(endpoint: str, service: str, status: str) -> tuple[Any, Any]:
     return REQUESTS.labels(endpoint, service, status), LATENCY.labels(endpoint, service)
 
 
+_requests_log = logging.getLogger("cds_service.requests")
+
+
 def observe_request(endpoint: str, method: str, path: str, service: str, status: int, elapsed: float,
                     log_line: bool = True) -> None:
     """One metrics sample per request and, unless ``log_line`` is False, its JSON log line (which carries
@@ -47,9 +50,6 @@ def observe_request(endpoint: str, method: str, path: str, service: str, status:
     if log_line:
         _requests_log.info("%s %s %s", method, path, status,
                            extra={"service": service, "status": status, "latency_ms": round(elapsed * 1000, 2)})
-
-
-_requests_log = logging.getLogger("cds_service.requests")
 
 
 @functools.cache  # one per reason code of the knowledge

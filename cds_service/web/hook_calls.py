@@ -25,7 +25,7 @@ from cds_service.intake import RequestError
 from cds_service.observability import hook_instance, observe_request
 from cds_service.pipeline import Pipeline
 from cds_service.web.body_reader import BODY
-from cds_service.web.wire import auth_failure, outcome, parse_json_body
+from cds_service.web.wire import FHIR_JSON, auth_failure, outcome, parse_json_body
 
 StartResponse = Callable[..., Any]
 Headers = list[tuple[str, str]]
@@ -44,7 +44,7 @@ def answer(pipeline: Pipeline, service_id: str, *, authorization: str | None, au
         client = pipeline.verifier.verify(authorization, audience, True) if pipeline.verifier else None
         if service_id not in pipeline.services:
             pipeline.check_replay(client)  # spent, even on a wrong address
-            return 404, outcome(404, f"No CDS service with id '{service_id}'"), _FHIR_JSON
+            return 404, outcome(404, f"No CDS service with id '{service_id}'"), FHIR_JSON
         try:
             body = parse_json_body(content_type, read_body)
         except Exception:  # a 400, 413 or 415: the token is spent even on a body that cannot be read
@@ -52,14 +52,13 @@ def answer(pipeline: Pipeline, service_id: str, *, authorization: str | None, au
             raise
         return 200, orjson.dumps(pipeline.handle_hook(service_id, body, client, host_url)), _JSON
     except RequestError as exc:
-        return exc.status, outcome(exc.status, exc.message, exc.expression), _FHIR_JSON
+        return exc.status, outcome(exc.status, exc.message, exc.expression), FHIR_JSON
     except AuthError as exc:
         return auth_failure(exc)
 
 
 _STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 _JSON = [("Content-Type", "application/json")]
-_FHIR_JSON = [("Content-Type", "application/fhir+json")]
 
 
 class HookCalls:
@@ -90,7 +89,7 @@ class HookCalls:
                 content_type=environ.get("CONTENT_TYPE"), read_body=lambda: environ[BODY])
         except Exception:
             errors_log.exception("unhandled error")
-            status, body, headers = 500, outcome(500, "Internal error; it has been logged"), _FHIR_JSON
+            status, body, headers = 500, outcome(500, "Internal error; it has been logged"), FHIR_JSON
         start_response(_STATUS_LINES.get(status, f"{status} Error"), [*headers, ("Content-Length", str(len(body)))])
         service = service_id if service_id in self.pipeline.services else "unknown"  # as Flask's _observe
         observe_request(ENDPOINT, "POST", path, service, status, time.perf_counter() - started)

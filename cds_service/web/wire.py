@@ -17,6 +17,7 @@ from cds_service.intake import RequestError
 from cds_service.json_limits import json_problem, may_have_problem
 from cds_service.observability import AUTH_FAILURES
 
+FHIR_JSON = [("Content-Type", "application/fhir+json")]  # the headers of an OperationOutcome answer
 ISSUE_CODE_BY_STATUS = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                         413: "too-long", 415: "not-supported", 422: "processing", 503: "transient"}
 
@@ -35,7 +36,7 @@ def auth_failure(exc: AuthError) -> tuple[int, bytes, list[tuple[str, str]]]:
     AUTH_FAILURES.inc()
     detail = str(exc).replace('"', "'")
     challenge = f'Bearer realm="cds-services", error="invalid_token", error_description="{detail}"'
-    return 401, outcome(401, str(exc)), [("Content-Type", "application/fhir+json"), ("WWW-Authenticate", challenge)]
+    return 401, outcome(401, str(exc)), [*FHIR_JSON, ("WWW-Authenticate", challenge)]
 
 
 def is_json(content_type: str | None) -> bool:
