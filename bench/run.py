@@ -364,7 +364,9 @@ def main() -> None:
         first.stop()
         if args.grow:
             listed = next(c for c in cases(fhir.base) if c.name == "sign-1-listed")
-            grow_store(tmp / "bench.sqlite3", args.grow, listed, env)
+            # the compared side starts on a copy of the same store (both checkouts at one schema revision)
+            grow_store(tmp / "bench.sqlite3", args.grow, listed, env,
+                       copies=[tmp / "bench-compare.sqlite3"] if args.compare else [])
         service = start(gunicorn("cds_service.wsgi:app", *PRODUCTION), {})
         cold = {"service_new_database": first.cold_start, "service": service.cold_start}
         every = [c for c in cases(fhir.base) if not args.cases or c.name in args.cases]
@@ -389,8 +391,6 @@ def main() -> None:
         if args.compare:
             checkout = args.compare.resolve()
             side_env = {"PYTHONPATH": str(checkout), "CDS_DATABASE_URL": f"sqlite:///{tmp / 'bench-compare.sqlite3'}"}
-            if args.grow:  # the same grown store (both checkouts must be at the same schema revision)
-                shutil.copyfile(tmp / "grown.sqlite3", tmp / "bench-compare.sqlite3")
             if not package_location(checkout, {**os.environ, **env, **side_env}).is_relative_to(checkout):
                 sys.exit(f"the service started from {checkout} would not run that checkout's code")
             compared = Side(f"service-at-{_commit(checkout)}",
@@ -481,16 +481,17 @@ for _ in range(calls):
 """
 
 
-def grow_store(database: Path, calls: int, case: Case, env: dict[str, str]) -> None:
+def grow_store(database: Path, calls: int, case: Case, env: dict[str, str], copies: list[Path]) -> None:
     """``calls`` calls of ``case``, each its own hookInstance, recorded through the service's own pipeline (in
-    a process of its own) into ``database``; the log then copied into the file, which is also kept as
-    grown.sqlite3 beside it for a compared side. A year of a busy EHR's order-sign calls is ~10^5-10^6."""
+    a process of its own) into ``database``; the log then copied into the file, and the file to ``copies``.
+    A year of a busy EHR's order-sign calls is ~10^5-10^6."""
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", GROW, str(database), str(calls), case.path], input=json.dumps(case.body),
                    text=True, env={**os.environ, **env}, cwd=ROOT, check=True, timeout=3600, capture_output=True)
     with contextlib.closing(sqlite3.connect(database)) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    shutil.copyfile(database, database.parent / "grown.sqlite3")
+    for copy in copies:
+        shutil.copyfile(database, copy)
     print(f"  store grown by {calls} calls ({database.stat().st_size / 2**20:.0f} MB) in "
           f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
 
