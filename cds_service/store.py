@@ -288,7 +288,7 @@ class Store:
                 .where(seen_jti.c.expires_at < bindparam("now", type_=seen_jti.c.expires_at.type))
                 .order_by(seen_jti.c.expires_at).limit(JTI_SWEEP_ROWS))),
         }.items()}
-        self._last_sweep = 0.0
+        self._last_sweep = float("-inf")  # the first write sweeps (monotonic time starts near 0 at boot)
         self._integrity_error = engine.dialect.loaded_dbapi.IntegrityError
 
     def require_current_schema(self) -> None:
