@@ -16,7 +16,7 @@ from cds_service.auth import KeyFetcher, TokenVerifier, load_trusted_issuers
 from cds_service.config import database_url, load_settings
 from cds_service.fhir_client import FhirClient
 from cds_service.knowledge import load_knowledge
-from cds_service.knowledge.loader import with_deployment_payers
+from cds_service.knowledge.loader import VALIDATED_KNOWLEDGE, with_deployment_payers
 from cds_service.pipeline import FhirAccess, Pipeline, utc_today
 from cds_service.services import declarations
 from cds_service.store import Store, make_engine, upgrade_schema
@@ -59,7 +59,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(settings)
 
     knowledge = load_knowledge(Path(settings["KNOWLEDGE_DIR"]) if settings["KNOWLEDGE_DIR"] else None,
-                               settings["CANONICAL_BASE"] or None)
+                               settings["CANONICAL_BASE"] or None, Path(app.instance_path) / VALIDATED_KNOWLEDGE)
     knowledge = with_deployment_payers(knowledge, _list(settings["PAYER_NAMES"]), _list(settings["PAYER_IDENTIFIERS"]),
                                        _list(settings["PLAN_MATCH_KEYWORDS"]))
     if settings["PAYER_NAME"]:

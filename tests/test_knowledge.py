@@ -244,6 +244,68 @@ def test_example_that_breaks_the_profile_is_reported(artifact_copy: Path) -> Non
     assert any("lb-1" in p for p in problems) and any("no code from" in p for p in problems)
 
 
+def _validations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The resource types validated with fhir.resources from here on."""
+    from cds_service.knowledge import loader
+
+    seen: list[str] = []
+    model_class = loader._model_class
+    monkeypatch.setattr(loader, "_model_class", lambda resource_type: seen.append(resource_type) or
+                        model_class(resource_type))
+    return seen
+
+
+def test_a_start_after_a_valid_one_does_not_validate_the_same_artifacts_again(
+        artifact_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validating every artifact with fhir.resources was a third of a cold start; the same texts, found
+    valid by the same library versions, are not validated again."""
+    validated = tmp_path / "instance" / "knowledge-validated"
+    seen = _validations(monkeypatch)
+    first = load_knowledge(artifact_copy, validated=validated)
+    assert len(seen) == len(list(artifact_copy.glob("*.json"))) and validated.is_file()
+    seen.clear()
+    assert load_knowledge(artifact_copy, validated=validated) == first
+    assert seen == []
+    monkeypatch.setattr("fhir.resources.__version__", "99.0.0")  # another library version validates again
+    load_knowledge(artifact_copy, validated=validated)
+    assert seen
+
+
+def test_an_artifact_changed_after_a_valid_start_is_validated_again(
+        artifact_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    validated = tmp_path / "knowledge-validated"
+    load_knowledge(artifact_copy, validated=validated)
+    edit(artifact_copy / "PlanDefinition-mp-2-267.json", lambda d: d.update(date="yesterday"))
+    with pytest.raises(KnowledgeError, match=r"PlanDefinition-mp-2-267\.json: invalid PlanDefinition"):
+        load_knowledge(artifact_copy, validated=validated)
+    with pytest.raises(KnowledgeError, match="invalid PlanDefinition"):  # and not remembered as valid
+        load_knowledge(artifact_copy, validated=validated)
+    # the same with another canonical base: the texts validated are the ones after the substitution
+    edit(artifact_copy / "PlanDefinition-mp-2-267.json", lambda d: d.update(date="2025-01-01"))
+    load_knowledge(artifact_copy, validated=validated)
+    seen = _validations(monkeypatch)
+    load_knowledge(artifact_copy, "https://payer.example.com/fhir", validated=validated)
+    assert seen
+
+
+def test_knowledge_loads_where_its_validation_cannot_be_remembered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    seen = _validations(monkeypatch)
+    for _ in range(2):  # a folder that cannot be made: validated every time, and loaded
+        assert load_knowledge(validated=blocked / "knowledge-validated").policy_label
+    assert len(seen) == 2 * len(list(DEFAULT_DIR.glob("*.json")))
+    assert list(tmp_path.iterdir()) == [blocked]
+
+
+def test_the_service_remembers_its_valid_artifacts_in_its_instance_folder(tmp_path: Path) -> None:
+    from cds_service.knowledge.loader import VALIDATED_KNOWLEDGE
+
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'k.db'}"})
+    assert len((Path(app.instance_path) / VALIDATED_KNOWLEDGE).read_text().strip()) == 64
+
+
 def test_unparseable_file_is_named(artifact_copy: Path) -> None:
     (artifact_copy / "CodeSystem-medical-policies.json").write_text("{not json")
     with pytest.raises(KnowledgeError, match=r"CodeSystem-medical-policies\.json: is not valid JSON"):
