@@ -137,6 +137,10 @@ def cmd_artifacts_check(args: argparse.Namespace) -> int:
     count = len(list(Path(args.dir).glob("*.json")))
     examples = len(list((Path(args.dir) / "examples").glob("*.json")))
     print(f"ok: {count} artifacts and {examples} examples in {args.dir} are valid and consistent")
+    if args.record:
+        from cds_service.knowledge.loader import record_validation
+
+        print(f"recorded their digest in {record_validation(Path(args.dir))}")
     return 0
 
 
@@ -213,7 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = asub.add_parser(name, help=help_text)
         p.add_argument("--dir", help="artifact folder (default: CDS_KNOWLEDGE_DIR, else the packaged fhir_profiles/)")
         p.set_defaults(func=func)
-        if name != "check":
+        if name == "check":
+            p.add_argument("--record", action="store_true", help="when all are valid, record their digest beside "
+                           "them (shipped, it spares a service's first start validating them again)")
+        else:
             p.add_argument("--canonical-base", help="rewrite the artifacts' canonical URL base (default: "
                            "CDS_CANONICAL_BASE)")
         if name == "bundle":

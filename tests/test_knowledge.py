@@ -259,6 +259,7 @@ def test_a_start_after_a_valid_one_does_not_validate_the_same_artifacts_again(
         artifact_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Validating every artifact with fhir.resources was a third of a cold start; the same texts, found
     valid by the same library versions, are not validated again."""
+    (artifact_copy / "knowledge-validated").unlink()  # the shipped digest: below
     validated = tmp_path / "instance" / "knowledge-validated"
     seen = _validations(monkeypatch)
     first = load_knowledge(artifact_copy, validated=validated)
@@ -269,6 +270,28 @@ def test_a_start_after_a_valid_one_does_not_validate_the_same_artifacts_again(
     monkeypatch.setattr("fhir.resources.__version__", "99.0.0")  # another library version validates again
     load_knowledge(artifact_copy, validated=validated)
     assert seen
+
+
+def test_the_shipped_artifacts_carry_the_digest_of_their_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh installation's first start skips validating them too (fhir_profiles/knowledge-validated)."""
+    seen = _validations(monkeypatch)
+    load_knowledge()
+    assert seen == [], "fhir_profiles/knowledge-validated is stale: run python -m cds_service artifacts check --record"
+
+
+def test_artifacts_check_records_the_digest_only_of_valid_artifacts(artifact_copy: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from cds_service.cli import main
+
+    shipped = artifact_copy / "knowledge-validated"
+    expected = shipped.read_text()
+    shipped.unlink()
+    assert main(["artifacts", "check", "--dir", str(artifact_copy)]) == 0 and not shipped.exists()
+    assert main(["artifacts", "check", "--dir", str(artifact_copy), "--record"]) == 0
+    assert shipped.read_text() == expected and "recorded their digest" in capsys.readouterr().out
+    edit(artifact_copy / "PlanDefinition-mp-2-267.json", lambda d: d.update(date="yesterday"))
+    assert main(["artifacts", "check", "--dir", str(artifact_copy), "--record"]) == 1
+    assert shipped.read_text() == expected  # not the broken set's
 
 
 def test_an_artifact_changed_after_a_valid_start_is_validated_again(
@@ -289,14 +312,15 @@ def test_an_artifact_changed_after_a_valid_start_is_validated_again(
 
 
 def test_knowledge_loads_where_its_validation_cannot_be_remembered(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        artifact_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (artifact_copy / "knowledge-validated").unlink()
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     seen = _validations(monkeypatch)
     for _ in range(2):  # a folder that cannot be made: validated every time, and loaded
-        assert load_knowledge(validated=blocked / "knowledge-validated").policy_label
-    assert len(seen) == 2 * len(list(DEFAULT_DIR.glob("*.json")))
-    assert list(tmp_path.iterdir()) == [blocked]
+        assert load_knowledge(artifact_copy, validated=blocked / "knowledge-validated").policy_label
+    assert len(seen) == 2 * len(list(artifact_copy.glob("*.json")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "fhir_profiles"]
 
 
 def test_the_service_remembers_its_valid_artifacts_in_its_instance_folder(tmp_path: Path) -> None:

@@ -53,7 +53,8 @@ _INSTALLED = Path(__file__).resolve().parents[1] / "fhir_profiles"
 DEFAULT_DIR = _INSTALLED if _INSTALLED.is_dir() else Path(__file__).resolve().parents[2] / "fhir_profiles"
 # The canonical base the committed artifacts are written with; CDS_CANONICAL_BASE may replace it.
 ARTIFACT_BASE_MARKER = "https://liquid-biopsy-cds.example.org/fhir"
-# In the service's instance folder: the digest of the artifacts last found valid (see read_artifacts).
+# The digest of artifacts found valid (see read_artifacts): beside the artifacts, and in the service's
+# instance folder.
 VALIDATED_KNOWLEDGE = "knowledge-validated"
 
 
@@ -123,9 +124,11 @@ def _parse(path: Path, text: str, validate: bool) -> Artifact:
 
 def read_artifacts(directory: Path, canonical_base: str | None = None,
                    validated: Path | None = None) -> list[Artifact]:
-    """Every artifact of ``directory``, validated with fhir.resources unless ``validated`` (a file) holds
-    the digest of exactly these texts validated by these library versions. It is written after a
-    validation that passed (where it cannot be written, every start validates)."""
+    """Every artifact of ``directory``, validated with fhir.resources unless the same texts were found
+    valid by the same library versions before: their digest is in ``directory``'s own
+    VALIDATED_KNOWLEDGE (written by ``artifacts check --record``, shipped with the artifacts) or in
+    ``validated`` (a file the service keeps; written after a validation that passed, and where it
+    cannot be written every start validates)."""
     if not directory.is_dir():
         raise KnowledgeError(str(directory), "knowledge directory does not exist")
     paths = sorted(directory.glob("*.json"))
@@ -133,11 +136,20 @@ def read_artifacts(directory: Path, canonical_base: str | None = None,
         raise KnowledgeError(str(directory), "no FHIR artifacts (*.json) found")
     texts = [(p, _read(p, canonical_base)) for p in paths]
     key = _validation_key(texts)
-    known = validated is not None and _read_key(validated) == key
+    known = key in (_read_key(directory / VALIDATED_KNOWLEDGE), validated and _read_key(validated))
     artifacts = [_parse(p, text, validate=not known) for p, text in texts]
     if validated is not None and not known:
         _write_key(validated, key)
     return artifacts
+
+
+def record_validation(directory: Path) -> Path:
+    """Ship the digest of ``directory``'s artifacts (as written, no canonical base replaced) with them,
+    once ``artifacts check`` found them all valid: a service's first start then skips validating them."""
+    texts = [(p, _read(p, None)) for p in sorted(directory.glob("*.json"))]
+    target = directory / VALIDATED_KNOWLEDGE
+    target.write_text(_validation_key(texts) + "\n", encoding="ascii")
+    return target
 
 
 def _validation_key(texts: list[tuple[Path, str]]) -> str:
