@@ -31,6 +31,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     bindparam,
@@ -148,6 +149,10 @@ seen_jti = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
 )
 
+# Alembic's own table, as Alembic creates it (not part of ``metadata``, which mirrors the migrations).
+alembic_version = Table("alembic_version", MetaData(), Column("version_num", String(32), nullable=False),
+                        PrimaryKeyConstraint("version_num", name="alembic_version_pkc"))
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest migration in MIGRATIONS (a test checks it against Alembic's head). Knowing it lets a
 # start-up against a current database skip importing Alembic at all (~0.1 s of cold start).
@@ -173,14 +178,21 @@ def upgrade_schema(engine: Engine) -> str:
     """Apply every pending migration; returns the revision now in place.
 
     Replicas may start together: PostgreSQL serialises them with an advisory lock, SQLite with a
-    lock file beside the database, so only one applies each migration.
+    lock file beside the database, so only one applies each migration. A new SQLite file gets the
+    tables as the migrations leave them (they mirror them: tested) and the head revision in one
+    step, without Alembic: importing it and running four migrations was a fifth of a first start.
     """
     if current_revision(engine) == SCHEMA_REVISION:
         return SCHEMA_REVISION
-    from alembic import command
-    from alembic.config import Config
-
     with _migration_lock(engine), engine.begin() as conn:
+        if conn.dialect.name == "sqlite" and not inspect(conn).get_table_names():
+            metadata.create_all(conn)
+            alembic_version.create(conn)
+            conn.execute(alembic_version.insert().values(version_num=SCHEMA_REVISION))
+            return SCHEMA_REVISION
+        from alembic import command
+        from alembic.config import Config
+
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(2267)"))
         config = Config()

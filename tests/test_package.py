@@ -19,7 +19,8 @@ from tests.conftest import SIGN, hook_request, service_request
 from tests.processes import free_port, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = [*sorted(p.relative_to(ROOT / "fhir_profiles").as_posix() for p in (ROOT / "fhir_profiles").rglob("*.json")),
+PROFILES = ROOT / "fhir_profiles"
+ARTIFACTS = [*sorted(p.relative_to(PROFILES).as_posix() for p in PROFILES.rglob("*.json")),
              "knowledge-validated"]  # the digest of their validation (spares an installed service's first start)
 
 

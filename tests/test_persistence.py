@@ -8,6 +8,7 @@ they can never be skipped silently there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 
 from cds_service import create_app
 from cds_service.store import (
@@ -119,15 +120,15 @@ def test_schema_revision_is_the_newest_migration() -> None:
 
 
 def test_start_up_against_a_current_sqlite_database_does_not_load_alembic(tmp_path: Path) -> None:
-    """Cold start: Alembic (~0.1 s of imports) is loaded only when there is something to migrate, and
-    pygal (~25 ms) only when a records page draws a chart."""
+    """Cold start: Alembic (~0.1 s of imports) is loaded only when an existing database has something to
+    migrate (a new file is created without it), and pygal (~25 ms) only when a records page draws a chart."""
     probe = ("import sys; from cds_service import create_app; create_app({'DATABASE_URL': sys.argv[1]}); "
              "print('alembic' in sys.modules, 'pygal' in sys.modules)")
     url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
     runs = [subprocess.run([sys.executable, "-c", probe, url], capture_output=True, text=True, check=True, cwd=ROOT)
             for _ in range(2)]
-    # migrated the first time, only checked after; no chart library either time
-    assert [r.stdout.strip() for r in runs] == ["True False", "False False"]
+    # created the first time, only checked after; no chart library either time
+    assert [r.stdout.strip() for r in runs] == ["False False", "False False"]
     assert count(url, hook_calls) == 0  # and the schema is in place
 
 
@@ -374,6 +375,20 @@ def test_purge_refuses_a_retention_below_one_day(tmp_path: Path) -> None:
     assert out.returncode == 1 and "1 or more" in out.stderr
 
 
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Alembic's own upgrade (upgrade_schema creates a new SQLite file without it)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from cds_service.store import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+
 def test_tables_in_code_mirror_the_migrations(database_url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -381,11 +396,46 @@ def test_tables_in_code_mirror_the_migrations(database_url: str) -> None:
     from cds_service.store import metadata
 
     engine = make_engine(database_url)
-    upgrade_schema(engine)
+    migrate(engine)
     with engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn), metadata)
     engine.dispose()
     assert differences == []
+
+
+def test_a_new_sqlite_file_gets_the_migrations_schema_in_one_step(tmp_path: Path) -> None:
+    """The tables, indexes and revision exactly as the four migrations leave them (bar the whitespace of
+    columns added later), without loading Alembic; later migrations then apply to it as to any other."""
+    import sqlite3
+
+    def schema(path: Path) -> list[tuple[str, ...]]:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            rows = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+        return [(kind, name, " ".join((sql or "").split())) for kind, name, sql in rows]
+
+    migrate(make_engine(f"sqlite:///{tmp_path / 'migrated.sqlite3'}"))
+    probe = ("import sys; from cds_service.store import make_engine, upgrade_schema; "
+             "print(upgrade_schema(make_engine(sys.argv[1])), 'alembic' in sys.modules)")
+    created = tmp_path / "created.sqlite3"
+    out = subprocess.run([sys.executable, "-c", probe, f"sqlite:///{created}"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60, check=True).stdout.split()
+    assert out == [SCHEMA_REVISION, "False"]
+    assert schema(created) == schema(tmp_path / "migrated.sqlite3")
+    assert upgrade_schema(make_engine(f"sqlite:///{created}")) == SCHEMA_REVISION
+
+
+def test_an_older_sqlite_file_is_migrated_keeping_its_records(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    engine = make_engine(url)
+    migrate(engine, "0002")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO hook_calls (hook_instance, service_id, received_at, latency_ms, "
+                          "decision_summary, orders) VALUES ('h-old', 's', '2026-01-01 00:00:00', 1, 'x', '[]')"))
+    assert upgrade_schema(engine) == SCHEMA_REVISION
+    assert count(url, hook_calls) == 1
+    app = create_app({"DATABASE_URL": url, "TODAY": "2026-11-25"})
+    body = app.test_client().post(f"/cds-services/{SIGN}", json=hook_request(service_request("0530U", "2025-03-03")))
+    assert body.status_code == 200 and count(url, hook_calls) == 2
 
 
 def test_sqlite_log_is_checkpointed_in_the_background_not_by_a_hook_call(tmp_path: Path) -> None:
