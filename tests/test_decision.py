@@ -171,6 +171,20 @@ COVERAGES = [record(), record(plan="FEP Blue Standard"), record(end=date(2025, 3
              record(status="cancelled"), record(start=date(2025, 6, 1)), record(problem="period is not a Period")]
 
 
+def test_the_oracle_reports_a_broken_invariant_every_time_it_is_asked(knowledge: Knowledge) -> None:
+    """The invariant check is remembered per extension: a failing one must fail on every ask."""
+    judged = judge(order(knowledge, service_request("0530U", "2025-03-03")), knowledge)
+    assert judged is not None
+    selection = select(CoverageFacts(CoverageSource.PROVIDED, (CoverageRecord(
+        "Coverage/c0", **{k: getattr(COVERAGES[0], k) for k in COVERAGES[0].__dataclass_fields__
+                          if k != "reference"}),)), knowledge)
+    [v] = decide([judged], selection, knowledge, CTX).judgements[0].verdicts
+    ext = v.information.issued("id-1", TODAY).to_fhir()
+    ext["extension"].append({"url": "satisfied-pa-id", "valueString": "pa-1"})  # without pa-needed=satisfied
+    for _ in range(2):
+        assert any("crd-ci-q5" in p for p in coverage_information_problems(ext))
+
+
 @pytest.mark.parametrize(("code", "day"), list(product(CODES, DAYS)))
 def test_every_verdict_keeps_crd_invariants_and_its_reason_decides_its_values(knowledge: Knowledge, code: str,
                                                                               day: date | None) -> None:
