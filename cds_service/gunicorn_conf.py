@@ -1,7 +1,7 @@
 """Gunicorn settings for deployment: ``gunicorn -c python:cds_service.gunicorn_conf cds_service.wsgi:app``.
 
 Every value can be set through the environment (CDS_BIND, CDS_WORKERS, CDS_THREADS, CDS_TIMEOUT,
-CDS_ACCESS_LOG, CDS_PIN_WORKERS). It is
+CDS_ACCESS_LOG, CDS_PIN_WORKERS, CDS_KEEPALIVE_LINGER_MS). It is
 a module of the package, so an installed service (the wheel, the container image) has it too. Gunicorn's
 own lines (start-up, workers, access) are written as the same JSON lines as the service's.
 """
@@ -15,6 +15,7 @@ from typing import Any
 from gunicorn.glogging import Logger
 
 from cds_service.config import load_settings
+from cds_service.gunicorn_worker import LINGER_MS
 from cds_service.observability import HookInstanceFilter, JsonFormatter
 from cds_service.security import unauthenticated_bind_problem
 
@@ -26,7 +27,9 @@ bind = [b.strip() for b in os.environ.get("CDS_BIND", "127.0.0.1:8080").split(",
 reuse_port = all(not b.startswith(("unix:", "fd://")) for b in bind)
 workers = int(os.environ.get("CDS_WORKERS", "2"))
 threads = int(os.environ.get("CDS_THREADS", "16"))
-worker_class = "gthread"
+# gthread, whose pool threads also take a kept-alive connection's next request when it comes at once
+# (cds_service/gunicorn_worker.py; CDS_KEEPALIVE_LINGER_MS=0 runs gunicorn's own gthread).
+worker_class = "cds_service.gunicorn_worker.LingeringThreadWorker" if LINGER_MS > 0 else "gthread"
 preload_app = True  # load knowledge and migrate once, in the master, then fork (faster cold start)
 timeout = int(os.environ.get("CDS_TIMEOUT", "30"))
 graceful_timeout = 20
