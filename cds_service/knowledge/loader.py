@@ -4,8 +4,8 @@ Runs once at start-up. Every resource is parsed with fhir.resources (R4B models 
 JSON); any problem raises ``KnowledgeError`` naming the file and what is wrong, so a broken
 artifact stops the service from starting instead of producing wrong cards. A service start may
 pass a file that remembers the last set of artifacts found valid (by a digest of their text and
-of the validating libraries' versions): the same set is then not validated again, which was half
-of a cold start (importing and building ~10 fhir.resources models: 0.33-0.44 s of 1.44 s here).
+of the validating libraries' versions): the same set is then not validated again, which was a third
+of a cold start (importing and building ~10 fhir.resources models: 0.33-0.44 s of 1.1-1.5 s here).
 """
 
 from __future__ import annotations
