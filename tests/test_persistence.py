@@ -250,17 +250,9 @@ def test_concurrent_retries_of_one_hook_instance_on_two_replicas_are_answered_al
 
 
 def test_upgrade_from_0001_keeps_existing_records(postgres_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from cds_service.store import MIGRATIONS
-
     engine = make_engine(postgres_url)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    migrate(engine, "0001")
     with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0001")
         for _ in range(2):  # the same hookInstance twice, as the old service allowed
             conn.execute(text("INSERT INTO hook_calls (hook_instance, service_id, received_at, latency_ms, "
                               "decision_summary, orders) VALUES ('h-old', 's', now(), 1, 'x', '[]')"))
