@@ -323,6 +323,17 @@ def test_knowledge_loads_where_its_validation_cannot_be_remembered(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "fhir_profiles"]
 
 
+def test_a_damaged_digest_file_means_validating_again(artifact_copy: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    (artifact_copy / "knowledge-validated").write_bytes(b"\xff\xfe not a digest")
+    validated = tmp_path / "knowledge-validated"
+    validated.write_bytes(b"\xff\xfe not a digest")
+    seen = _validations(monkeypatch)
+    assert load_knowledge(artifact_copy, validated=validated).policy_label
+    assert len(seen) == len(list(artifact_copy.glob("*.json")))
+    assert len(validated.read_text().strip()) == 64  # replaced by the digest of what was validated
+
+
 def test_the_service_remembers_its_valid_artifacts_in_its_instance_folder(tmp_path: Path) -> None:
     from cds_service.knowledge.loader import VALIDATED_KNOWLEDGE
 
