@@ -8,6 +8,7 @@ import http.client
 import io
 import socket
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,9 +24,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pipe_calls(pid: int) -> tuple[int, int]:
-    """The read and write system calls a process made so far (socket sends and receives not included)."""
-    counts = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-    return int(counts["syscr"]), int(counts["syscw"])
+    """The read and write system calls a process made so far (socket sends and receives not included),
+    once they have stopped changing: gthread's hand-over of a connection comes after its answer was sent,
+    so a client that has just read the answer may look before the worker wrote and read its wake-up byte.
+    (Settles in 20-40 ms, well inside the lingering test's 200 ms.)"""
+    def now() -> tuple[int, int]:
+        counts = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        return int(counts["syscr"]), int(counts["syscw"])
+
+    last = now()
+    for _ in range(50):
+        time.sleep(0.02)
+        if (current := now()) == last:
+            return current
+        last = current
+    raise AssertionError(f"worker {pid} kept reading or writing for a second")
 
 
 @pytest.mark.parametrize(("linger_ms", "hand_overs"), [("200", 0), ("0", 50)])
