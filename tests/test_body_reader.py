@@ -1,11 +1,43 @@
-"""The body reader's watchdog: deadlines held, and cheap for the requests that finish in time."""
+"""The body reader: bodies it refuses before the app sees them, and its watchdog (deadlines held, and cheap
+for the requests that finish in time)."""
 
 from __future__ import annotations
 
+import io
+import json
 import socket
 import time
+from typing import Any
 
-from cds_service.web.body_reader import _Watchdog
+import pytest
+
+from cds_service.web.body_reader import BodyReader, _Watchdog
+
+
+class _Stalled(io.RawIOBase):
+    """A request body whose sender stops: each read waits, then finds the connection gone."""
+
+    def read(self, size: int = -1) -> bytes:
+        time.sleep(0.06)
+        return b""
+
+
+@pytest.mark.parametrize(("environ", "status", "code", "words"), [
+    ({"CONTENT_LENGTH": "ten", "wsgi.input": io.BytesIO(b"{}")}, "400 Bad Request", "invalid", "not a number"),
+    ({"CONTENT_LENGTH": "10", "wsgi.input": io.BytesIO(b"{}")}, "400 Bad Request", "invalid", "could not be read"),
+    ({"CONTENT_LENGTH": "10", "wsgi.input": _Stalled()}, "408 Request Timeout", "timeout", "within 0.05 s"),
+    ({"wsgi.input": io.BytesIO(b"x" * 300)}, "413 ", "too-long", "larger than 200 bytes"),
+])
+def test_a_body_refused_before_the_app_is_an_operation_outcome_and_closes_the_connection(
+        environ: dict[str, Any], status: str, code: str, words: str) -> None:
+    answered: list[Any] = []
+    reader = BodyReader(lambda environ, start_response: pytest.fail("the app was called"), 0.05, 200)
+    [body] = reader({"REQUEST_METHOD": "POST", **environ}, lambda *args: answered.append(args))
+    [(status_line, headers)] = answered
+    issue = json.loads(body)["issue"]
+    assert status_line.startswith(status) and ("Connection", "close") in headers
+    assert ("Content-Type", "application/fhir+json") in headers and ("Content-Length", str(len(body))) in headers
+    assert [(i["severity"], i["code"]) for i in issue] == [("error", code)] and words in issue[0]["diagnostics"]
 
 
 def _counting_wakes() -> tuple[_Watchdog, list[int]]:

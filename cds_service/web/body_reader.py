@@ -19,11 +19,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
-import orjson
-
 from cds_service.compute_gate import GATE
+from cds_service.web.wire import FHIR_JSON, outcome
 
 StartResponse = Callable[..., Any]
 BODY = "cds_service.body"  # the environ key of the body read whole
@@ -113,7 +113,7 @@ class BodyReader:
         try:
             expected = int(length) if length else None
         except ValueError:
-            return _problem(start_response, "400 Bad Request", "invalid", "Content-Length is not a number")
+            return _problem(start_response, 400, "Content-Length is not a number")
         if expected is not None and expected > self.max_bytes:
             return self.app(environ, start_response)  # Flask answers 413 without reading it
         sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
@@ -128,13 +128,10 @@ class BodyReader:
                 WATCHDOG.disarm(token)
         if body is None or (expected is not None and len(body) < expected):
             if time.monotonic() - started >= self.seconds:
-                return _problem(start_response, "408 Request Timeout", "timeout",
-                                f"The request body was not received within {self.seconds:g} s")
-            return _problem(start_response, "400 Bad Request", "invalid",
-                            "The request body could not be read (incomplete or malformed framing)")
+                return _problem(start_response, 408, f"The request body was not received within {self.seconds:g} s")
+            return _problem(start_response, 400, "The request body could not be read (incomplete or malformed framing)")
         if len(body) > self.max_bytes:
-            return _problem(start_response, "413 Request Entity Too Large", "too-long",
-                            f"Request body larger than {self.max_bytes} bytes")
+            return _problem(start_response, 413, f"Request body larger than {self.max_bytes} bytes")
         environ[BODY] = body  # the app's own reader takes it from here; others read wsgi.input
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
@@ -155,9 +152,9 @@ def _read(stream: Any, expected: int | None, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _problem(start_response: StartResponse, status: str, code: str, message: str) -> list[bytes]:
-    body = orjson.dumps({"resourceType": "OperationOutcome",
-                         "issue": [{"severity": "error", "code": code, "diagnostics": message}]})
-    start_response(status, [("Content-Type", "application/fhir+json"), ("Content-Length", str(len(body))),
-                            ("Connection", "close")])
+def _problem(start_response: StartResponse, status: int, message: str) -> list[bytes]:
+    """Refused before the app saw it: the connection closes, as the rest of its body may still be coming."""
+    body = outcome(status, message)
+    start_response(f"{status} {HTTPStatus(status).phrase}",
+                   [*FHIR_JSON, ("Content-Length", str(len(body))), ("Connection", "close")])
     return [body]
