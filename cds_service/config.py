@@ -5,6 +5,7 @@ Every setting is documented in the README's configuration table; ``SETTINGS`` is
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -89,6 +90,22 @@ def _coerce(setting: Setting, value: Any) -> Any:
     if setting.kind in (int, float):
         return setting.kind(value)
     return str(value) if value is not None else ""
+
+
+def server_number(name: str, default: float, kind: type[int] | type[float] = int, minimum: float = 0) -> Any:
+    """A number the server reads from the environment itself (gunicorn's CDS_WORKERS and the like, outside
+    SETTINGS): ``default`` when unset, else a finite ``kind`` of at least ``minimum``, or an exit naming it."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < minimum:
+        whole = "a whole number" if kind is int else "a number"
+        raise SystemExit(f"error: {name}={text!r} is not {whole} of {minimum:g} or more")
+    return value
 
 
 def database_url(settings: Mapping[str, Any], instance_path: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
-from cds_service.config import load_settings
+from cds_service.config import load_settings, server_number
 from cds_service.gunicorn_worker import LINGER_MS
 from cds_service.observability import HookInstanceFilter, JsonFormatter
 from cds_service.security import unauthenticated_bind_problem
@@ -25,13 +25,13 @@ bind = [b.strip() for b in os.environ.get("CDS_BIND", "127.0.0.1:8080").split(",
 # kept alive, they stayed there: in 1 of 4 runs of 8 keep-alive connections, one worker served every
 # request while the other idled (403 against 784 requests/s). A Unix socket path cannot be shared this way.
 reuse_port = all(not b.startswith(("unix:", "fd://")) for b in bind)
-workers = int(os.environ.get("CDS_WORKERS", "2"))
-threads = int(os.environ.get("CDS_THREADS", "16"))
+workers = server_number("CDS_WORKERS", 2, minimum=1)
+threads = server_number("CDS_THREADS", 16, minimum=1)
 # gthread, whose pool threads also take a kept-alive connection's next request when it comes at once
 # (cds_service/gunicorn_worker.py; CDS_KEEPALIVE_LINGER_MS=0 runs gunicorn's own gthread).
 worker_class = "cds_service.gunicorn_worker.LingeringThreadWorker" if LINGER_MS > 0 else "gthread"
 preload_app = True  # load knowledge and migrate once, in the master, then fork (faster cold start)
-timeout = int(os.environ.get("CDS_TIMEOUT", "30"))
+timeout = server_number("CDS_TIMEOUT", 30)  # 0: no timeout, as in gunicorn
 graceful_timeout = 20
 keepalive = 5
 # The service writes its own JSON line for every hook call, feedback, lookup and error; gunicorn's line

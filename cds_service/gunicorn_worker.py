@@ -17,13 +17,14 @@ limits are gthread's own).
 
 from __future__ import annotations
 
-import os
 import select
 from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
-LINGER_MS = float(os.environ.get("CDS_KEEPALIVE_LINGER_MS", "5"))
+from cds_service.config import server_number
+
+LINGER_MS = server_number("CDS_KEEPALIVE_LINGER_MS", 5.0, float)
 
 
 class LingeringThreadWorker(ThreadWorker):

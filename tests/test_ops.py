@@ -211,6 +211,24 @@ def test_gunicorn_refuses_unauthenticated_public_bind() -> None:
     assert out.returncode != 0 and "refusing to serve without client authentication" in out.stderr
 
 
+@pytest.mark.parametrize(("setting", "message"), [
+    ("CDS_WORKERS=two", "error: CDS_WORKERS='two' is not a whole number of 1 or more"),
+    ("CDS_THREADS=0", "error: CDS_THREADS='0' is not a whole number of 1 or more"),
+    ("CDS_TIMEOUT=-5", "error: CDS_TIMEOUT='-5' is not a whole number of 0 or more"),
+    ("CDS_KEEPALIVE_LINGER_MS=nan", "error: CDS_KEEPALIVE_LINGER_MS='nan' is not a number of 0 or more"),
+    ("CDS_MODE=crd-ish", "error: setting MODE: 'crd-ish' is not crd or sandbox"),
+    ("CDS_MAX_CONTENT_LENGTH=1MB", "error: setting MAX_CONTENT_LENGTH: '1MB' is not a valid int"),
+])
+def test_gunicorn_stops_on_a_bad_setting_naming_it(tmp_path: Path, setting: str, message: str) -> None:
+    """An operator's typo ends the start with one line that names the setting, not a traceback."""
+    name, value = setting.split("=")
+    env = {**os.environ, "CDS_BIND": f"127.0.0.1:{free_port()}", "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+           name: value}
+    out = subprocess.run(GUNICORN, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == message, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "x.db").exists()
+
+
 def _sockets(pid: int, port: int, state: str) -> int:
     """TCP sockets on local ``port`` in ``state`` (01 established, 0A listening) among the open files of
     process ``pid`` (from /proc)."""
