@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import requests
 from flask import Flask, Response
@@ -76,7 +77,7 @@ def main() -> None:
         service = measure(url, request, args.calls)
         ceiling = measure(f"{bbase}/cds-services/liquid-biopsy-order-sign", request, args.calls)
 
-    def row(name: str, t: list[float]) -> dict[str, float]:
+    def row(name: str, t: list[float]) -> dict[str, Any]:
         q = statistics.quantiles(t, n=100)
         return {"name": name, "calls": len(t), "median_ms": statistics.median(t), "p99_ms": q[98]}
 

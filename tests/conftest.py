@@ -146,7 +146,7 @@ class LiveService:
 
     def call(self, body: Any, service: str | None = None, expect: int = 200) -> dict[str, Any]:
         """POST a hook request; every 200 answer is checked against the CDS Hooks / CRD rules."""
-        service = service or SERVICE_BY_HOOK.get(body.get("hook") if isinstance(body, dict) else None, SIGN)
+        service = service or SERVICE_BY_HOOK.get(str(body.get("hook")) if isinstance(body, dict) else "", SIGN)
         resp = self.http.post(self.url(f"/cds-services/{service}"), json=body, timeout=10)
         assert resp.status_code == expect, resp.text
         data: dict[str, Any] = resp.json()

@@ -106,7 +106,7 @@ def _failed_invariants(ext_json: bytes) -> tuple[tuple[str, str], ...]:
     """The invariants an extension (as canonical JSON) fails. Remembered: fhirpathpy takes ~7 ms an
     extension, and the fuzz tests check thousands of answers whose verdicts mostly repeat."""
     resource = {"resourceType": "ServiceRequest", "extension": [orjson.loads(ext_json)]}
-    return tuple((inv["key"], inv["description"]) for inv, check in INVARIANTS if check(resource) != [True])
+    return tuple((inv["key"], inv["description"]) for inv, check in INVARIANTS if check(resource, None) != [True])
 
 
 def _detail_problems(detail: dict[str, Any], where: str) -> list[str]:
@@ -194,9 +194,9 @@ def response_problems(body: Any, request: dict[str, Any] | None = None) -> list[
 def _card_problems(card: dict[str, Any], where: str, request: dict[str, Any] | None) -> list[str]:
     problems: list[str] = []
     _no_null(card, where, problems)
-    for field, kind in (("summary", str), ("indicator", str), ("source", dict), ("uuid", str)):
-        if not isinstance(card.get(field), kind):
-            problems.append(f"{where}.{field} is required ({kind.__name__})")
+    for field, field_type in (("summary", str), ("indicator", str), ("source", dict), ("uuid", str)):
+        if not isinstance(card.get(field), field_type):
+            problems.append(f"{where}.{field} is required ({field_type.__name__})")
     summary = card.get("summary")
     if isinstance(summary, str) and len(summary) >= 140:
         problems.append(f"{where}.summary must be under 140 characters")

@@ -33,7 +33,7 @@ OTHER_EC_KEY = ec.generate_private_key(ec.SECP384R1())
 
 def jwk(private: Any, kid: str) -> dict[str, Any]:
     algo = ECAlgorithm if isinstance(private, ec.EllipticCurvePrivateKey) else RSAAlgorithm
-    key: dict[str, Any] = algo.to_jwk(private.public_key(), as_dict=True)  # type: ignore[attr-defined]
+    key: dict[str, Any] = algo.to_jwk(private.public_key(), as_dict=True)
     return {**key, "kid": kid, "use": "sig"}
 
 
@@ -343,7 +343,8 @@ def test_algorithm_that_does_not_fit_the_key_is_401(secured: LiveService, key: A
 def test_numeric_date_given_as_a_string_is_401(secured: LiveService, claim: str) -> None:
     now = int(time.time())
     value = {"exp": now + 300, "iat": now, "nbf": now}[claim]
-    assert_rejected(secured, call(secured, token(secured, **{claim: str(value)})), f"{claim} must be a number")
+    as_text: dict[str, Any] = {claim: str(value)}
+    assert_rejected(secured, call(secured, token(secured, **as_text)), f"{claim} must be a number")
 
 
 def test_nbf_in_the_future_is_401(secured: LiveService) -> None:

@@ -92,7 +92,8 @@ DICT_PATHS = [p for p in paths(BASE) if isinstance(node_at(BASE, p), dict)]  # t
 ADDED_NAMES = st.sampled_from(["_status", "_code", "_system", "_id", "_reference", "_start", "status__ext",
                                "code__ext", "resource_type", "resourceType", "extension", "modifierExtension",
                                "contained", "fhir_comments", "meta", "text", "_given"])
-ADDED_VALUES = json_values | st.sampled_from(["true", "[1]", "null", "{}", "1", [None, {}], {"extension": "x"}])
+ADDED_VALUES: st.SearchStrategy[Any] = json_values | st.sampled_from(
+    ["true", "[1]", "null", "{}", "1", [None, {}], {"extension": "x"}])
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

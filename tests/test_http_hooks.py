@@ -159,7 +159,12 @@ def test_a_new_call_is_not_looked_up_in_the_record_first(cds: LiveService, monke
     store = cds.pipeline.store
     lookups: list[str] = []
     recorded_response = store.recorded_response
-    monkeypatch.setattr(store, "recorded_response", lambda key: lookups.append(key) or recorded_response(key))
+
+    def looked_up(key: str) -> Any:
+        lookups.append(key)
+        return recorded_response(key)
+
+    monkeypatch.setattr(store, "recorded_response", looked_up)
     request = hook_request(service_request("0530U", "2025-03-03"))
     first = cds.call(request)
     assert lookups == []
@@ -571,8 +576,12 @@ def test_cors_is_not_worked_out_for_requests_without_an_origin(cds: LiveService,
 
     matched: list[str] = []
     match = flask_cors.extension.try_match_pattern
-    monkeypatch.setattr(flask_cors.extension, "try_match_pattern",
-                        lambda path, *a, **k: matched.append(path) or match(path, *a, **k))
+
+    def counted(path: str, *args: Any, **kwargs: Any) -> Any:
+        matched.append(path)
+        return match(path, *args, **kwargs)
+
+    monkeypatch.setattr(flask_cors.extension, "try_match_pattern", counted)
     resp = cds.http.post(cds.url(f"/cds-services/{SIGN}"), json=hook_request(service_request("0530U")), timeout=10)
     assert resp.status_code == 200 and matched == []
     browser = cds.http.get(cds.url("/cds-services"), headers={"Origin": "https://sandbox.cds-hooks.org"}, timeout=5)

@@ -250,8 +250,12 @@ def _validations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     seen: list[str] = []
     model_class = loader._model_class
-    monkeypatch.setattr(loader, "_model_class", lambda resource_type: seen.append(resource_type) or
-                        model_class(resource_type))
+
+    def counted(resource_type: str) -> Any:
+        seen.append(resource_type)
+        return model_class(resource_type)
+
+    monkeypatch.setattr(loader, "_model_class", counted)
     return seen
 
 

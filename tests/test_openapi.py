@@ -141,9 +141,11 @@ def test_real_responses_match_the_document(cds: LiveService, openapi: dict[str, 
     check(openapi, sign_path, "post", cds.post_raw(sign_path, b"x", "text/plain"))  # 415
     card = hook.json()["cards"][0]["uuid"]
     feedback = f"{sign_path}/feedback"
-    for fb in ({"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}]},
-               {"feedback": []},
-               {"feedback": [{"card": "nope", "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}):
+    feedbacks: tuple[dict[str, Any], ...] = (
+        {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}]},
+        {"feedback": []},
+        {"feedback": [{"card": "nope", "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}]})
+    for fb in feedbacks:
         check(openapi, feedback, "post", http.post(cds.url(feedback), json=fb, timeout=5))
     [assertion_id] = assertion_ids(hook.json())
     for path, real in (("/coverage-assertions/{assertion_id}", f"/coverage-assertions/{assertion_id}"),

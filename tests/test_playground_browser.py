@@ -28,7 +28,7 @@ try:
     from selenium.webdriver.remote.webelement import WebElement
     from selenium.webdriver.support.ui import Select, WebDriverWait
 except ImportError:  # pragma: no cover - depends on the environment
-    webdriver = None
+    webdriver = None  # type: ignore[assignment]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -136,7 +136,7 @@ def wait_for_card(driver: Any, indicator: str, *needles: str) -> WebElement:
         return False
 
     try:
-        card: WebElement = WebDriverWait(driver, WAIT).until(find)
+        card: Any = WebDriverWait(driver, WAIT).until(find)
     except TimeoutException:
         shown = [c.text for c in driver.find_elements(By.CLASS_NAME, "card-summary")]
         pytest.fail(f"no {indicator} card whose summary contains {needles}; cards shown: {shown}")
@@ -180,9 +180,9 @@ def test_investigational_code_shows_warning_card_with_policy_link_and_not_covere
     links = card.find_elements(By.CSS_SELECTOR, ".card-links a")
     policy = [a for a in links if a.text.startswith("MP 2.267")]
     assert policy, [a.text for a in links]
-    assert policy[0].get_attribute("href").startswith("http")
+    assert (policy[0].get_attribute("href") or "").startswith("http")
     assert policy[0].get_attribute("target") == "_blank"
-    assert "noopener" in policy[0].get_attribute("rel")
+    assert "noopener" in (policy[0].get_attribute("rel") or "")
 
     # Detail is markdown rendered to HTML, not shown raw.
     detail = card.find_element(By.CLASS_NAME, "card-detail")

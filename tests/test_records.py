@@ -24,7 +24,7 @@ TS = "2026-11-25T10:00:00Z"
 
 def sign(cds: LiveService, code: str = "0530U", service: str = SIGN, **kw: Any) -> dict[str, Any]:
     hook = "order-select" if service == SELECT else "order-sign"
-    extra = {"selections": ["ServiceRequest/sr-1"]} if service == SELECT else {}
+    extra: dict[str, Any] = {"selections": ["ServiceRequest/sr-1"]} if service == SELECT else {}
     return cds.call(hook_request(service_request(code, "2025-03-03"), hook=hook, **extra, **kw), service=service)
 
 
@@ -38,8 +38,8 @@ def give_feedback(cds: LiveService, card: dict[str, Any], outcome: str = "overri
     assert resp.status_code == 200, resp.text
 
 
-def get(cds: LiveService, path: str, expect: int = 200, **params: Any) -> Any:
-    resp = cds.http.get(cds.url(path), params=params, timeout=10)
+def get(cds: LiveService, path: str, expect: int = 200, params: dict[str, Any] | None = None, **more: Any) -> Any:
+    resp = cds.http.get(cds.url(path), params={**(params or {}), **more}, timeout=10)
     assert resp.status_code == expect, resp.text
     return resp.json() if "json" in resp.headers["Content-Type"] else resp.text
 
@@ -79,9 +79,9 @@ def test_history_filters_by_date_outcome_code_service_and_issuer(service_factory
     sign(cds, "0530U", coverages=(coverage(payor="Federal Employee Program", plan="FEP Blue Standard"),))
     age(cds, 40, [1])
     today = datetime.now(UTC).date()
-    assert codes(get(cds, "/records/api/calls", **{"from": (today - timedelta(days=1)).isoformat()})) == [
+    assert codes(get(cds, "/records/api/calls", params={"from": (today - timedelta(days=1)).isoformat()})) == [
         "0530U", "0091U"]
-    assert get(cds, "/records/api/calls", **{"from": today.isoformat(), "to": today.isoformat()})["total"] == 2
+    assert get(cds, "/records/api/calls", params={"from": today.isoformat(), "to": today.isoformat()})["total"] == 2
     assert codes(get(cds, "/records/api/calls", to=(today - timedelta(days=30)).isoformat())) == ["0530U"]
     assert get(cds, "/records/api/calls", code="0091u")["total"] == 1  # codes match whatever their case
     assert get(cds, "/records/api/calls", service=SELECT)["total"] == 1
@@ -111,7 +111,7 @@ def test_history_pages(cds: LiveService) -> None:
     {"limit": "\uff15"}, {"to": "2026-02-30"},
 ], ids=lambda p: "-".join(p))
 def test_bad_filters_are_400(cds: LiveService, params: dict[str, str]) -> None:
-    body = get(cds, "/records/api/calls", 400, **params)
+    body = get(cds, "/records/api/calls", 400, params=params)
     assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["expression"]
 
 
@@ -293,4 +293,4 @@ def test_unknown_ids_are_404_whatever_their_shape(cds: LiveService) -> None:
 
 def test_a_window_that_ends_before_it_starts_is_empty(cds: LiveService) -> None:
     sign(cds)
-    assert get(cds, "/records/api/calls", **{"from": "2026-02-01", "to": "2026-01-01"})["total"] == 0
+    assert get(cds, "/records/api/calls", params={"from": "2026-02-01", "to": "2026-01-01"})["total"] == 0
