@@ -4,7 +4,8 @@
    the NamingSystems give for CPT/HCPCS (or with no system), or written in the order's text.
    A catalogue test that is not a ctDNA/CTC cancer test (prenatal, transplant, infection, other
    analytes) is recognised as *not* this policy's.
-2. A catalogue test's name or alias in the order's text (the longest match wins).
+2. A catalogue test's name or alias in the order's text (the longest match wins; a laboratory's product
+   before a kind of test, so "CellSearch circulating tumor cell count" is CellSearch).
 3. Words: a recognition keyword (ctDNA, circulating tumor cells, liquid biopsy, ...) is enough;
    an ambiguous one (cell-free DNA, cfDNA, MRD, CTC) counts only with cancer context (a cancer
    word, a neoplasm diagnosis or a liquid-biopsy purpose) and never beside a non-cancer keyword.
@@ -29,7 +30,7 @@ def recognise(order: Order, knowledge: Knowledge) -> Recognition:
         return by_code
     text = normalise(order.text)
     lexicon = knowledge.lexicon
-    if (name := lexicon.test_names.find(text)) is not None:
+    if (name := lexicon.test_names.find(text) or lexicon.test_kind_names.find(text)) is not None:
         test = lexicon.test_by_name[name]
         return _of_test(test, _billing_code(test, knowledge), "name", name)
     if (word := lexicon.recognition.find(text)) is not None:

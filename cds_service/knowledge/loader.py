@@ -439,7 +439,9 @@ def build_knowledge(artifacts: list[Artifact], canonical_base: str) -> Knowledge
     payer_by_name = {name: p for p in payers for name in p.names}
     variation_by_name = {name: v for v in variations for name in v.names}
     lexicon = Lexicon(
-        test_names=Phrases.of(test_by_name), test_by_name=test_by_name,
+        test_names=Phrases.of(name for name, t in test_by_name.items() if t.product),
+        test_kind_names=Phrases.of(name for name, t in test_by_name.items() if not t.product),
+        test_by_name=test_by_name,
         recognition=Phrases.of(keywords["recognition-keyword"]), ambiguous=Phrases.of(keywords["ambiguous-keyword"]),
         non_cancer=Phrases.of(keywords["non-cancer-keyword"]),
         cancer_context=Phrases.of(keywords["cancer-context-keyword"]),
@@ -553,7 +555,7 @@ def _catalogue(cs: Artifact, aliases: dict[str, str]) -> tuple[tuple[CatalogueTe
             cancer=bool(props["cancer"][0]), use=(props.get("use") or [None])[0],
             non_cancer_use=(props.get("non-cancer-use") or [None])[0],
             categories=frozenset(str(v).upper() for v in props.get("cancer-category", [])),
-            evidence=(props.get("evidence") or [""])[0])
+            evidence=(props.get("evidence") or [""])[0], product=bool(props.get("laboratory")))
         for key in codes:
             if key in by_code:
                 raise KnowledgeError(cs.name, f"{key[1]} belongs to both {by_code[key].id} and {test.id}")

@@ -100,6 +100,7 @@ class CatalogueTest:
     non_cancer_use: str | None
     categories: frozenset[str]  # ICD-10-CM categories of the cancer the test is specific to
     evidence: str
+    product: bool  # a laboratory's product (Signatera), not a kind of test (a CTC count)
 
     @property
     def short_name(self) -> str:
@@ -161,7 +162,8 @@ class CardTemplate:
 class Lexicon:
     """The compiled phrase sets recognition uses."""
 
-    test_names: Phrases
+    test_names: Phrases  # of products: a product named beside a kind of test ("Signatera tumor-informed") is it
+    test_kind_names: Phrases
     test_by_name: dict[str, CatalogueTest]
     recognition: Phrases
     ambiguous: Phrases
