@@ -17,8 +17,13 @@ CARD_TYPES = frozenset({
     "contraindication", "guideline", "off-guideline",
 })
 
-# ICD-10-CM chapter 2, Neoplasms (C00-D49): a diagnosis that puts a cell-free DNA test in a cancer context.
-NEOPLASM_CATEGORY_PREFIXES = ("C", "D0", "D1", "D2", "D3", "D4")
+# ICD-10-CM chapter 2, the neoplasms that are or may be cancer: malignant (C00-C96), in situ (D00-D09), of
+# uncertain or unspecified behaviour (D37-D49). Benign neoplasms (D10-D36, D3A: fibroids, nevi) are not.
+NEOPLASM_CATEGORY_PREFIXES = ("C", "D0", "D37", "D38", "D39", "D4")
+# Diagnoses that make a cell-free DNA test a prenatal or transplant one: pregnancy (O00-O9A), pregnant
+# state, supervision of pregnancy, antenatal screening, weeks of gestation (Z33, Z34, Z36, Z3A), a
+# transplanted organ (Z94) and its complications (T86).
+NON_CANCER_CFDNA_CATEGORY_PREFIXES = ("O", "Z33", "Z34", "Z36", "Z3A", "Z94", "T86")
 
 # FHIR Clinical Reasoning maps a PlanDefinition action's priority to a CDS Hooks card indicator.
 INDICATOR_BY_PRIORITY = {"routine": "info", "urgent": "warning", "asap": "warning", "stat": "critical"}

@@ -8,7 +8,8 @@
    before a kind of test, so "CellSearch circulating tumor cell count" is CellSearch).
 3. Words: a recognition keyword (ctDNA, circulating tumor cells, liquid biopsy, ...) is enough;
    an ambiguous one (cell-free DNA, cfDNA, MRD, CTC) counts only with cancer context (a cancer
-   word, a neoplasm diagnosis or a liquid-biopsy purpose) and never beside a non-cancer keyword.
+   word, a neoplasm diagnosis or a liquid-biopsy purpose) and never beside a non-cancer keyword
+   (prenatal, transplant, infection, bone marrow) or a pregnancy or transplant diagnosis.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def recognise(order: Order, knowledge: Knowledge) -> Recognition:
         return Recognition(Recognised.NONE)
     if (marker := lexicon.non_cancer.find(text)) is not None:
         return Recognition(Recognised.NOT_THIS_POLICY, via="keyword", evidence=marker)
+    if (pregnancy_or_graft := _non_cancer_diagnosis(order)) is not None:
+        return Recognition(Recognised.NOT_THIS_POLICY, via="diagnosis", evidence=pregnancy_or_graft)
     if _cancer_context(order, text, knowledge):
         return Recognition(Recognised.LIQUID_BIOPSY, via="keyword", evidence=ambiguous)
     return Recognition(Recognised.NONE)
@@ -88,6 +91,11 @@ def _billing_code(test: CatalogueTest, knowledge: Knowledge) -> str:
 def _of_test(test: CatalogueTest, code: str, via: str, evidence: str) -> Recognition:
     kind = Recognised.LIQUID_BIOPSY if test.is_liquid_biopsy else Recognised.NOT_THIS_POLICY
     return Recognition(kind, code, test, via, evidence)
+
+
+def _non_cancer_diagnosis(order: Order) -> str | None:
+    return next((d.code for d in order.diagnoses
+                 if d.category.startswith(terminology.NON_CANCER_CFDNA_CATEGORY_PREFIXES)), None)
 
 
 def _cancer_context(order: Order, text: str, knowledge: Knowledge) -> bool:
