@@ -55,12 +55,16 @@ def _whole_name(given: str, found: str) -> bool:
 
 def _variation(record: CoverageRecord, knowledge: Knowledge, served: bool) -> ProductVariation | None:
     """A plan with its own manual, by any of its names as a whole word in the plan or payer names
-    ('FEP' in 'FEP Blue Standard'), or by a plan identifier (an enrollment code) on a served payer's Coverage."""
+    ('FEP' in 'FEP Blue Standard'); on a served payer's Coverage also by a program it is offered in
+    ('FEHB', 'PSHB': other carriers offer plans there too) or a plan identifier (an enrollment code)."""
     lexicon = knowledge.lexicon
     for name in (*record.plan_names, *record.payor_names):
         if (found := lexicon.variation_names.find(normalise(name))) is not None:
             return lexicon.variation_by_name[found]
     if served:
+        for name in record.plan_names:
+            if (found := lexicon.variation_programs.find(normalise(name))) is not None:
+                return lexicon.variation_by_program[found]
         values = set(record.plan_values)
         return next((v for v in knowledge.variations if values & v.plan_identifiers), None)
     return None

@@ -438,6 +438,7 @@ def build_knowledge(artifacts: list[Artifact], canonical_base: str) -> Knowledge
     test_by_name = {name: t for t in catalogue for name in t.names}
     payer_by_name = {name: p for p in payers for name in p.names}
     variation_by_name = {name: v for v in variations for name in v.names}
+    variation_by_program = {name: v for v in variations for name in v.programs}
     lexicon = Lexicon(
         test_names=Phrases.of(name for name, t in test_by_name.items() if t.product),
         test_kind_names=Phrases.of(name for name, t in test_by_name.items() if not t.product),
@@ -447,6 +448,7 @@ def build_knowledge(artifacts: list[Artifact], canonical_base: str) -> Knowledge
         cancer_context=Phrases.of(keywords["cancer-context-keyword"]),
         payer_names=Phrases.of(payer_by_name), payer_by_name=payer_by_name,
         variation_names=Phrases.of(variation_by_name), variation_by_name=variation_by_name,
+        variation_programs=Phrases.of(variation_by_program), variation_by_program=variation_by_program,
     )
 
     return Knowledge(
@@ -604,8 +606,10 @@ def _payer(a: Artifact) -> Payer:
 def _variation(a: Artifact, manual: Link) -> ProductVariation:
     raw = a.raw
     values = frozenset(i["value"] for p in raw.get("plan", []) for i in p.get("identifier", []))
+    programs = tuple(t["text"] for t in raw.get("type", []) if isinstance(t.get("text"), str))
     return ProductVariation(raw["id"], raw.get("name", raw["id"]),
-                            tuple(dict.fromkeys([raw.get("name", raw["id"]), *raw.get("alias", [])])), values, manual)
+                            tuple(dict.fromkeys([raw.get("name", raw["id"]), *raw.get("alias", [])])), values, manual,
+                            programs)
 
 
 def membership_problems(listed: dict[str, ListedCode]) -> Iterator[str]:

@@ -147,6 +147,7 @@ class ProductVariation:
     names: tuple[str, ...]
     plan_identifiers: frozenset[str]  # values that identify the plan in Coverage.class (enrollment codes)
     manual: Link
+    programs: tuple[str, ...] = ()  # programs it is offered in (FEHB, PSHB), which other carriers offer too
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,8 @@ class Lexicon:
     payer_by_name: dict[str, Payer]
     variation_names: Phrases
     variation_by_name: dict[str, ProductVariation]
+    variation_programs: Phrases
+    variation_by_program: dict[str, ProductVariation]
 
 
 @dataclass(frozen=True)
