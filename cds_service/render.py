@@ -121,7 +121,9 @@ def _links(template: str, j: OrderJudgement, knowledge: Knowledge, ctx: Context)
                                 for p in (knowledge.policies[n] for n in listed.related_policies)]
         return [main, *related, library]
     if template == "policy-retired-delegated":
-        return [knowledge.successor, main, library]
+        # The card names the delegated reviewer but does not link its provider portal: CRD resp-17, no
+        # External Reference card directs users to a portal to determine coverage.
+        return [main, library]
     if template == "other-policy-governs":
         return [*governing, main]
     return [main, library]

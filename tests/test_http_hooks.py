@@ -90,10 +90,14 @@ def test_retired_verdict_says_what_information_is_needed(cds: LiveService) -> No
     body = cds.call(hook_request(service_request("0530U", "2026-07-01")))
     [card] = body["cards"]
     assert card["indicator"] == "info" and "retired" in card["summary"]
-    assert any("evicore" in link["url"] for link in card["links"])
     [info] = coverage_info(body)
     assert info["covered"]["valueCode"] == "conditional" and "pa-needed" not in info
     assert info["info-needed"]["valueCode"] == "OTH"
+    # The delegated reviewer is named, and its address is in the verdict's detail, but the card (an
+    # External Reference card) does not send the clinician to its provider portal (CRD resp-17).
+    successor = cds.pipeline.knowledge.successor
+    assert successor.label in card["detail"] and successor.url not in {link["url"] for link in card["links"]}
+    assert successor.url in str(info["detail"])
 
 
 def test_undated_order_is_not_given_a_date(cds: LiveService) -> None:
