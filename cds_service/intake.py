@@ -48,6 +48,17 @@ class OrderSource:
     location: str
     draft: bool  # in draftOrders (order-sign/select) rather than an existing order (order-dispatch)
 
+    @property
+    def reference(self) -> str:
+        """How the order is known: 'ServiceRequest/{id}', or, for an order without an id (which nothing
+        outside this request can name), its place in the request (e.g. 'context.draftOrders.entry[1].resource')."""
+        return _reference(self.resource) if identified(self.resource) else self.location
+
+
+def identified(resource: dict[str, Any]) -> bool:
+    """The resource has an id, so it can be referred to (and matched across calls)."""
+    return isinstance(resource.get("id"), str) and bool(resource["id"])
+
 
 @dataclass(frozen=True)
 class HookRequest:
@@ -444,7 +455,7 @@ def to_order(source: OrderSource, knowledge: Knowledge, today: date, conditions:
                          if c.get("system") == knowledge.purpose_system and c.get("code"))
     held = tuple(h for ext in extensions_on(resource) if (h := held_assertion(ext)) is not None)
     return Order(
-        reference=_reference(resource), codings=coded, text=text, window=date_window(resource, today),
+        reference=source.reference, codings=coded, text=text, window=date_window(resource, today),
         diagnoses=diagnoses, purposes=purposes, status=str(resource.get("status") or ""),
         intent=str(resource.get("intent") or ""), do_not_perform=resource.get("doNotPerform") is True,
         draft=source.draft, held=held, resource=resource,

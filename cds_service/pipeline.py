@@ -30,6 +30,7 @@ from cds_service.decision import (
     CoverageProblem,
     CoverageSource,
     Decision,
+    Order,
     OrderJudgement,
     Selection,
     decide,
@@ -259,10 +260,10 @@ class Pipeline:
         for j in decision.judgements:
             held = {(ref, aid): verdict for ref, aid, verdict in j.order.held}
             for v in j.verdicts:
-                subject = _subject_key(iss, request.patient_id, j.order.reference, v.coverage.reference)
+                subject = _subject_key(iss, request.patient_id, j.order, v.coverage.reference)
                 verdict_json = v.information.verdict_json()
                 fingerprint = verdict_fingerprint(verdict_json)
-                previous = self.store.issued_assertion(subject, fingerprint) if look_up else None
+                previous = self.store.issued_assertion(subject, fingerprint) if look_up and subject else None
                 if previous is not None:
                     information = v.information.issued(*previous)
                     carried = held.get((v.coverage.reference, previous[0]))
@@ -284,7 +285,7 @@ class Pipeline:
             "artifact_version": self.knowledge.artifact_digest, "date_of_service": window.start,
             "date_of_service_end": window.end, "date_of_service_stated": window.stated,
             "assertion_date": info.date, "expiry_date": info.expiry_date,
-            "subject_key": _subject_key(iss, request.patient_id, j.order.reference, info.coverage),
+            "subject_key": _subject_key(iss, request.patient_id, j.order, info.coverage),
             "fingerprint": i.fingerprint, "information": i.extension,
         }
 
@@ -325,9 +326,12 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _subject_key(iss: str, patient: str, order: str, coverage: str) -> str:
-    """Which order of which patient under which Coverage a verdict is about, as one hash (no identifiers kept)."""
-    return _digest(f"{iss}\n{patient}\n{order}\n{coverage}")
+def _subject_key(iss: str, patient: str, order: Order, coverage: str) -> str | None:
+    """Which order of which patient under which Coverage a verdict is about, as one hash (no identifiers kept);
+    None for an order without an id, which no later call can name: its verdicts are never looked up again."""
+    if "/" not in order.reference:  # known only by its place in this request (OrderSource.reference)
+        return None
+    return _digest(f"{iss}\n{patient}\n{order.reference}\n{coverage}")
 
 
 def _verdict_rows(decision: Decision, issued: dict[str, list[Issued]]) -> list[dict[str, Any]]:

@@ -262,7 +262,7 @@ def _action_fields(action: dict[str, Any], where: str, drafts: set[str] | None) 
 
 
 def _action_problems(action: dict[str, Any], where: str, drafts: set[str] | None,
-                     sent: dict[str, dict[str, Any]]) -> list[str]:
+                     sent: dict[str, list[dict[str, Any]]]) -> list[str]:
     problems = _action_fields(action, where, drafts)
     resource = action.get("resource") or {}
     ours = [e for e in resource.get("extension", []) if isinstance(e, dict) and e.get("url") == CRD_EXT]
@@ -289,7 +289,7 @@ def _action_problems(action: dict[str, Any], where: str, drafts: set[str] | None
     flat = [i for ids in ids_by_coverage.values() for i in ids]
     if len(flat) != len(set(flat)):
         problems.append(f"{where}: differing coverages share a coverage-assertion-id (CRD resp-32)")
-    if ref in sent and _without_ours(resource) != _without_ours(_pruned(sent[ref])):
+    if ref in sent and not any(_without_ours(resource) == _without_ours(_pruned(s)) for s in sent[ref]):
         problems.append(f"{where}: the update changes more than the coverage-information (CRD resp-37)")
     return problems
 
@@ -320,9 +320,10 @@ def _draft_refs(request: dict[str, Any]) -> set[str] | None:
             if isinstance(e, dict) and isinstance(e.get("resource"), dict)}
 
 
-def _sent_orders(request: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The orders a request carries (draftOrders, or prefetched dispatched orders), by reference."""
-    found: dict[str, dict[str, Any]] = {}
+def _sent_orders(request: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The orders a request carries (draftOrders, or prefetched dispatched orders), by reference (orders
+    without an id all under 'ServiceRequest/None': an update of one of them matches one of those)."""
+    found: dict[str, list[dict[str, Any]]] = {}
     bundle = (request.get("context") or {}).get("draftOrders") or {}
     entries = list(bundle.get("entry", [])) if isinstance(bundle, dict) else []
     for value in (request.get("prefetch") or {}).values():
@@ -331,7 +332,7 @@ def _sent_orders(request: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for e in entries:
         r = e.get("resource") if isinstance(e, dict) else None
         if isinstance(r, dict) and r.get("resourceType") == "ServiceRequest":
-            found[f"ServiceRequest/{r.get('id')}"] = r
+            found.setdefault(f"ServiceRequest/{r.get('id')}", []).append(r)
     return found
 
 
