@@ -168,7 +168,7 @@ def order_dispatch_context(request: HookRequest) -> HookRequest:
     tasks = context.get("fulfillmentTasks")
     if "fulfillmentTasks" in context and not (isinstance(tasks, list) and all(isinstance(t, dict) for t in tasks)):
         raise RequestError("'context.fulfillmentTasks' must be a list of Task resources", "context.fulfillmentTasks")
-    wanted = [_local(r) for r in refs]
+    wanted = list(dict.fromkeys(_local(r) for r in refs))  # an order listed twice (or absolute and relative) once
     found: dict[str, OrderSource] = {}
     for key, value in request.prefetch.items():
         for i, resource in enumerate(_bundle_resources(value)):
@@ -198,13 +198,29 @@ def _draft_entries(context: dict[str, Any]) -> list[Any]:
                 isinstance(resource, dict) and isinstance(resource.get("resourceType"), str))):
             raise RequestError("Each draftOrders entry must be an object whose 'resource' is a FHIR resource",
                                f"context.draftOrders.entry[{i}]")
+    first: dict[str, tuple[int, dict[str, Any]]] = {}  # a Bundle holds one version of a resource
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource")
+        if resource is None or not identified(resource):
+            continue
+        seen = first.setdefault(_reference(resource), (i, resource))
+        if seen[1] != resource:
+            raise RequestError(f"draftOrders holds two different versions of {_reference(resource)} (entries "
+                               f"{seen[0]} and {i}); a Bundle holds one version of a resource",
+                               f"context.draftOrders.entry[{i}].resource")
     return entries
 
 
 def _service_requests(entries: list[Any]) -> Iterator[tuple[dict[str, Any], str]]:
+    """Each draft ServiceRequest once (_draft_entries made sure a repeated one is the same order)."""
+    seen: set[str] = set()
     for i, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict) and resource.get("resourceType") == "ServiceRequest":
+            if identified(resource):
+                if _reference(resource) in seen:
+                    continue
+                seen.add(_reference(resource))
             yield resource, f"context.draftOrders.entry[{i}].resource"  # other types are passed over silently
 
 

@@ -184,8 +184,15 @@ def response_problems(body: Any, request: dict[str, Any] | None = None) -> list[
         problems += _card_problems(card, f"cards[{i}]", request)
     drafts = _draft_refs(request) if request else None
     sent = _sent_orders(request) if request else {}
+    updated: set[str] = set()
     for i, action in enumerate(body.get("systemActions", [])):
         problems += _action_problems(action, f"systemActions[{i}]", drafts, sent)
+        resource = action.get("resource") if isinstance(action, dict) else None
+        if isinstance(resource, dict) and isinstance(resource.get("id"), str):
+            ref = f"{resource.get('resourceType')}/{resource['id']}"
+            if ref in updated:
+                problems.append(f"systemActions[{i}]: a second action for {ref} (one update per order)")
+            updated.add(ref)
     if body.get("systemActions") and body.get("extension", {}).get("systemActions") != body["systemActions"]:
         problems.append("extension.systemActions must echo systemActions for the public sandbox")
     return problems

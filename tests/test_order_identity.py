@@ -1,17 +1,20 @@
-"""Which order a verdict is about, over real HTTP: orders without an id. Every 200 answer also passes
-tests/crd_conformance.py (LiveService.call), which checks one coverage-assertion-id per Coverage per
-updated order."""
+"""Which order a verdict is about, over real HTTP: orders without an id, the same order listed twice.
+Every 200 answer also passes tests/crd_conformance.py (LiveService.call), which checks one
+coverage-assertion-id per Coverage per updated order."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from cds_service.store import coverage_assertions
 from tests.conftest import (
+    DISPATCH,
     LiveService,
     assertion_ids,
+    dispatch_request,
     hook_request,
     service_request,
 )
@@ -53,3 +56,31 @@ def test_an_order_with_an_id_keeps_its_assertion_beside_orders_without_one(cds: 
     [(_, [kept]), _] = per_order(cds.call(hook_request(service_request("0530U", "2025-03-03"), without_id("0091U"))))
     again = per_order(cds.call(hook_request(without_id("0091U"), service_request("0530U", "2025-03-03"))))
     assert again[1] == ("0530U", [kept])
+
+
+# ---------------------------------------------------------------- the same order twice
+
+
+@pytest.mark.parametrize("refs", [("ServiceRequest/lb-dd", "ServiceRequest/lb-dd"),
+                                  ("ServiceRequest/lb-dd", "https://ehr.example/fhir/ServiceRequest/lb-dd")],
+                         ids=["same-reference", "relative-and-absolute"])
+def test_an_order_dispatched_twice_is_judged_once(cds: LiveService, refs: tuple[str, str]) -> None:
+    order = service_request("0530U", "2025-03-03", rid="lb-dd", status="active")
+    answer = cds.call(dispatch_request(order, dispatched=refs), service=DISPATCH)
+    assert len(per_order(answer)[0][1]) == 1 and len(answer["systemActions"]) == 1
+    assert len(answer["cards"]) == 1
+
+
+def test_the_same_draft_order_twice_is_judged_once(cds: LiveService) -> None:
+    order = service_request("0530U", "2025-03-03", rid="dup-1")
+    answer = cds.call(hook_request(order, dict(order)))
+    assert [len(ids) for _, ids in per_order(answer)] == [1]
+    assert [c["summary"] for c in answer["cards"]] == list(dict.fromkeys(c["summary"] for c in answer["cards"]))
+
+
+def test_two_different_versions_of_one_draft_order_are_400(cds: LiveService) -> None:
+    body = hook_request(service_request("0530U", "2025-03-03", rid="dup-2"),
+                        service_request("0091U", "2025-03-03", rid="dup-2"))
+    [issue] = cds.call(body, expect=400)["issue"]
+    assert "ServiceRequest/dup-2" in issue["diagnostics"]
+    assert issue["expression"] == ["context.draftOrders.entry[1].resource"]
