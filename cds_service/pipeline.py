@@ -14,7 +14,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any
@@ -200,18 +200,27 @@ class Pipeline:
         return response
 
     def _complete_orders(self, request: HookRequest, client: Client | None, deadline: float) -> HookRequest:
-        """order-dispatch: the dispatched orders neither context nor prefetch carried, read from the fhirServer."""
-        if not request.missing_orders:
+        """order-dispatch: the dispatched orders neither context nor prefetch carried, read from the fhirServer.
+        A dispatched order that cannot be read is a 412 (CDS Hooks: required data neither prefetched nor
+        obtainable from the FHIR server), one the fhirServer does not have a 400; never silently no answer."""
+        missing = request.missing_orders
+        if not missing:
             return request
-        found, _ = self._search(request, DISPATCHED_ORDERS, client, deadline)
-        fetched = []
-        for resource in found or []:
+        found, problem = self._search(request, DISPATCHED_ORDERS, client, deadline)
+        where = "context.dispatchedOrders"
+        if found is None:
+            raise RequestError(f"Dispatched {_orders(missing)} could not be obtained: not in the "
+                               f"'{DISPATCHED_ORDERS.key}' prefetch, and {problem}", where, 412)
+        fetched: dict[str, OrderSource] = {}
+        for resource in found:
             ref = f"ServiceRequest/{resource.get('id')}"
-            if resource.get("resourceType") == "ServiceRequest" and ref in request.missing_orders:
-                where = f"fhirServer {ref}"
-                check_read_elements(resource, where)
-                fetched.append(OrderSource(resource, where, False))
-        return replace(request, orders=(*request.orders, *fetched))
+            if resource.get("resourceType") == "ServiceRequest" and ref in missing and ref not in fetched:
+                check_read_elements(resource, f"fhirServer {ref}")
+                fetched[ref] = OrderSource(resource, f"fhirServer {ref}", False)
+        if absent := [r for r in missing if r not in fetched]:
+            raise RequestError(f"Dispatched {_orders(absent)} not found: neither in the '{DISPATCHED_ORDERS.key}' "
+                               "prefetch nor on the fhirServer", where)
+        return replace(request, orders=(*request.orders, *fetched.values()))
 
     def _coverage(self, request: HookRequest, client: Client | None, deadline: float) -> CoverageFacts:
         """The Coverages of the request: from prefetch, else searched on the fhirServer, else unknown.
@@ -222,26 +231,27 @@ class Pipeline:
         if resources is None:
             resources, problem = self._search(request, COVERAGE, client, deadline)
             if resources is None:
-                found_nothing = COVERAGE.key in request.prefetch and value is None
-                return (CoverageFacts(CoverageSource.NONE_FOUND) if found_nothing
-                        else CoverageFacts(CoverageSource.UNAVAILABLE, problem=problem))
+                if COVERAGE.key in request.prefetch and value is None:
+                    return CoverageFacts(CoverageSource.NONE_FOUND)
+                why = f"the '{COVERAGE.key}' prefetch was not provided and {problem}"
+                return CoverageFacts(CoverageSource.UNAVAILABLE, problem=why)
         records = coverage_records(resources, request.resources, self.knowledge)
         return CoverageFacts(CoverageSource.PROVIDED if records else CoverageSource.NONE_FOUND, records)
 
     def _search(self, request: HookRequest, prefetch: Prefetch, client: Client | None,
                 deadline: float) -> tuple[list[dict[str, Any]] | None, str]:
-        """What a prefetch key holds, searched on the request's fhirServer within the call's budget."""
+        """What a prefetch key holds, searched on the request's fhirServer within the call's budget; else
+        None and why it could not be searched."""
         query = prefetch.search(request)
         if query is None:
             return [], ""
         server = request.fhir_server
         if not server:
-            return None, f"the '{prefetch.key}' prefetch was not provided and the request names no fhirServer"
+            return None, "the request names no fhirServer"
         if not self.fhir.allowed(server, client):
             FHIR_FETCH_ERRORS.labels("not-allowed").inc()
             log.warning("fhirServer %s is not on the allow-list; not called", server)
-            return None, f"the '{prefetch.key}' prefetch was not provided and the fhirServer is not one this service " \
-                         "may call"
+            return None, "the fhirServer is not one this service may call"
         token = request.fhir_authorization["access_token"] if request.fhir_authorization else None
         resource_type, params = query
         try:
@@ -332,6 +342,11 @@ def _subject_key(iss: str, patient: str, order: Order, coverage: str) -> str | N
     if "/" not in order.reference:  # known only by its place in this request (OrderSource.reference)
         return None
     return _digest(f"{iss}\n{patient}\n{order.reference}\n{coverage}")
+
+
+def _orders(references: Iterable[str]) -> str:
+    refs = list(references)
+    return f"order{'s' if len(refs) > 1 else ''} {', '.join(refs)}"
 
 
 def _verdict_rows(decision: Decision, issued: dict[str, list[Issued]]) -> list[dict[str, Any]]:

@@ -135,6 +135,8 @@ def test_real_responses_match_the_document(cds: LiveService, openapi: dict[str, 
     check(openapi, f"/cds-services/{DISPATCH}", "post", http.post(
         cds.url(f"/cds-services/{DISPATCH}"), timeout=5,
         json=dispatch_request(service_request("0530U", "2025-03-03", status="active"))))
+    check(openapi, f"/cds-services/{DISPATCH}", "post", http.post(  # 412: the dispatched order cannot be obtained
+        cds.url(f"/cds-services/{DISPATCH}"), timeout=5, json=dispatch_request(dispatched=("ServiceRequest/gone",))))
     retry = {**hook_request(service_request("0091U")), "hookInstance": json.loads(hook.request.body or "{}")[
         "hookInstance"]}
     check(openapi, sign_path, "post", http.post(cds.url(sign_path), json=retry, timeout=5))  # 409

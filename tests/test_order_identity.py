@@ -1,9 +1,10 @@
-"""Which order a verdict is about, over real HTTP: orders without an id, the same order listed twice.
-Every 200 answer also passes tests/crd_conformance.py (LiveService.call), which checks one
-coverage-assertion-id per Coverage per updated order."""
+"""Which order a verdict is about, over real HTTP: orders without an id, the same order listed twice,
+and a dispatched order the service cannot obtain. Every 200 answer also passes tests/crd_conformance.py
+(LiveService.call), which checks one coverage-assertion-id per Coverage per updated order."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,10 +15,13 @@ from tests.conftest import (
     DISPATCH,
     LiveService,
     assertion_ids,
+    bundle,
+    coverage_info,
     dispatch_request,
     hook_request,
     service_request,
 )
+from tests.fhir_test_server import FhirTestServer
 
 
 def without_id(code: str) -> dict[str, Any]:
@@ -84,3 +88,78 @@ def test_two_different_versions_of_one_draft_order_are_400(cds: LiveService) -> 
     [issue] = cds.call(body, expect=400)["issue"]
     assert "ServiceRequest/dup-2" in issue["diagnostics"]
     assert issue["expression"] == ["context.draftOrders.entry[1].resource"]
+
+
+# ---------------------------------------------------------------- a dispatched order the service cannot obtain
+
+
+def missing_order(**fields: Any) -> dict[str, Any]:
+    """order-dispatch for ServiceRequest/lb-1, which the prefetch does not carry."""
+    return dispatch_request(dispatched=("ServiceRequest/lb-1",), **fields)
+
+
+@pytest.mark.parametrize(("fields", "why"), [
+    ({}, "names no fhirServer"),
+    ({"prefetch": {"serviceRequests": bundle(service_request("0530U", "2025-03-03", rid="other",
+                                                             status="active"))}}, "names no fhirServer"),
+    ({"prefetch": {"serviceRequests": bundle()}}, "names no fhirServer"),
+], ids=["no-prefetch", "another-order-prefetched", "empty-prefetch"])
+def test_a_dispatched_order_neither_prefetched_nor_fetchable_is_412(cds: LiveService, fields: dict[str, Any],
+                                                                    why: str) -> None:
+    """CDS Hooks 2.0: required data neither prefetched nor obtainable from the FHIR server is a 412."""
+    [issue] = cds.call(missing_order(**fields), service=DISPATCH, expect=412)["issue"]
+    assert "ServiceRequest/lb-1" in issue["diagnostics"] and why in issue["diagnostics"]
+    assert issue["expression"] == ["context.dispatchedOrders"] and issue["code"] == "required"
+
+
+def test_a_dispatched_order_on_a_fhir_server_it_may_not_call_is_412(cds: LiveService) -> None:
+    body = missing_order()
+    body["fhirServer"] = "https://ehr.example/r4"
+    [issue] = cds.call(body, service=DISPATCH, expect=412)["issue"]
+    assert "may call" in issue["diagnostics"] and issue["expression"] == ["context.dispatchedOrders"]
+
+
+@pytest.fixture
+def fhir() -> Iterator[FhirTestServer]:
+    server = FhirTestServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def with_fhir(service_factory: Any, fhir: FhirTestServer) -> LiveService:
+    service: LiveService = service_factory(FHIR_SERVERS=fhir.base, FHIR_ALLOW_HTTP=True, FHIR_BUDGET_SECONDS=1.0,
+                                           FHIR_CONNECT_TIMEOUT=0.5)
+    return service
+
+
+def test_a_dispatched_order_the_fhir_server_fails_to_give_is_412(with_fhir: LiveService,
+                                                                 fhir: FhirTestServer) -> None:
+    fhir.mode = "500"
+    body = missing_order()
+    body["fhirServer"] = fhir.base
+    [issue] = with_fhir.call(body, service=DISPATCH, expect=412)["issue"]
+    assert "search on the fhirServer failed" in issue["diagnostics"]
+
+
+def test_a_dispatched_order_the_fhir_server_does_not_have_is_400(with_fhir: LiveService,
+                                                                 fhir: FhirTestServer) -> None:
+    body = missing_order()
+    body["fhirServer"] = fhir.base
+    [issue] = with_fhir.call(body, service=DISPATCH, expect=400)["issue"]
+    assert "ServiceRequest/lb-1" in issue["diagnostics"] and issue["expression"] == ["context.dispatchedOrders"]
+    fhir.resources["ServiceRequest/lb-1"] = service_request("0530U", "2025-03-03", rid="lb-1", status="active")
+    body["hookInstance"] += "-2"
+    assert coverage_info(with_fhir.call(body, service=DISPATCH))[0]["covered"]["valueCode"] == "not-covered"
+
+
+def test_a_dispatched_order_that_is_not_a_service_request_needs_nothing(cds: LiveService) -> None:
+    body = dispatch_request(dispatched=("DeviceRequest/d1",))
+    assert cds.call(body, service=DISPATCH) == {"cards": [], "systemActions": []}
+
+
+def test_coverage_is_still_a_400_when_it_cannot_be_obtained(cds: LiveService) -> None:
+    order = service_request("0530U", "2025-03-03", rid="lb-2", status="active")
+    [issue] = cds.call(dispatch_request(order, coverages=None), service=DISPATCH, expect=400)["issue"]
+    assert issue["expression"] == ["prefetch.coverage"]
+    assert "the 'coverage' prefetch was not provided and the request names no fhirServer" in issue["diagnostics"]

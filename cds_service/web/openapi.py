@@ -17,7 +17,7 @@ from typing import Any
 
 from cds_service import history, terminology
 from cds_service.intake import MAX_HOOK_INSTANCE
-from cds_service.services import CONFIGURATION_OPTIONS, ServiceDeclaration
+from cds_service.services import CONFIGURATION_OPTIONS, DISPATCHED_ORDERS, ServiceDeclaration
 
 RESPONSES = Path(__file__).parent / "openapi-responses.json"
 
@@ -206,6 +206,7 @@ def _paths(services: list[ServiceDeclaration], secured: dict[str, Any]) -> dict[
                           "400": _problem("Malformed request, or (CRD hook-13) no Coverage this endpoint handles: "
                                           "an OperationOutcome saying what was wrong"),
                           "409": _problem("This hookInstance was already used for a different request"),
+                          **_unobtainable(s),
                           "422": _problem("A CRD version this service does not implement was requested"),
                           **_unauthenticated(secured)}}}
         paths[f"/playground/evaluate/{s.id}"] = {"post": {
@@ -215,6 +216,7 @@ def _paths(services: list[ServiceDeclaration], secured: dict[str, Any]) -> dict[
             "responses": {"200": _json(ref("HookResponse"), "Cards and coverage information (assertion ids not "
                                                             "kept)"), **POST_PROBLEMS,
                           "400": _problem("Malformed request, or (CRD hook-13) no Coverage this endpoint handles"),
+                          **_unobtainable(s),
                           "422": _problem("A CRD version this service does not implement was requested"),
                           **_unauthenticated(secured)}}}
         paths[f"/cds-services/{s.id}/feedback"] = {"post": {
@@ -258,6 +260,14 @@ def _paths(services: list[ServiceDeclaration], secured: dict[str, Any]) -> dict[
     })
     paths.update(_records_paths(secured))
     return paths
+
+
+def _unobtainable(service: ServiceDeclaration) -> dict[str, Any]:
+    """CDS Hooks' 412, where a service reads an order the request may leave to the fhirServer (order-dispatch)."""
+    if DISPATCHED_ORDERS not in service.prefetch:
+        return {}
+    return {"412": _problem("A dispatched order is neither in the prefetch nor obtainable from the fhirServer "
+                            "(none named, not one this service may call, or the search failed)")}
 
 
 def _unauthenticated(secured: dict[str, Any]) -> dict[str, Any]:

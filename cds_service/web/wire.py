@@ -19,7 +19,8 @@ from cds_service.observability import AUTH_FAILURES
 
 FHIR_JSON = [("Content-Type", "application/fhir+json")]  # the headers of an OperationOutcome answer
 ISSUE_CODE_BY_STATUS = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
-                        408: "timeout", 413: "too-long", 415: "not-supported", 422: "processing", 503: "transient"}
+                        408: "timeout", 412: "required", 413: "too-long", 415: "not-supported", 422: "processing",
+                        503: "transient"}
 
 
 def outcome(status: int, message: str, expression: str | None = None) -> bytes:
