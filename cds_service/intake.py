@@ -26,6 +26,7 @@ from cds_service.fast_validation import plainly_valid
 from cds_service.fhir_errors import first_problem
 from cds_service.fhir_json import pruned
 from cds_service.knowledge import Knowledge
+from cds_service.terminology import COVERAGE_CLASS_PLAN_TYPES as PLAN_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -512,7 +513,7 @@ def _period_window(period: dict[str, Any], today: date, basis: str) -> DateWindo
     if start is None:
         assert end is not None
         start = min(today, end)  # "by" a date: from today until then
-    return DateWindow(start, end if end is not None else start, basis, True)
+    return DateWindow(start, end, basis, True)  # no end: the period is ongoing (FHIR Period), not one day
 
 
 def day_range(value: str) -> tuple[date, date]:
@@ -621,7 +622,9 @@ def _coverage_record(c: dict[str, Any], reference: str, organizations: dict[str,
     classes = c.get("class")
     for cls in classes if isinstance(classes, list) else []:
         if isinstance(cls, dict):
-            plan_values += [cls["value"]] if isinstance(cls.get("value"), str) else []
+            # An enrollment code is a plan's; a group, subgroup or pharmacy value of the same digits is not.
+            if isinstance(cls.get("value"), str) and {c.get("code") for c in _codings(cls.get("type"))} & PLAN_CLASSES:
+                plan_values.append(cls["value"])
             plan_names += [v for v in (cls.get("name"), cls.get("value")) if isinstance(v, str)]
     coverage_type = c.get("type")
     if isinstance(coverage_type, dict):

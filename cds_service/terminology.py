@@ -25,5 +25,8 @@ NEOPLASM_CATEGORY_PREFIXES = ("C", "D0", "D37", "D38", "D39", "D4")
 # transplanted organ (Z94) and its complications (T86).
 NON_CANCER_CFDNA_CATEGORY_PREFIXES = ("O", "Z33", "Z34", "Z36", "Z3A", "Z94", "T86")
 
+# Coverage.class types (coverage-class CodeSystem) whose value names the plan itself, as an enrollment code does.
+COVERAGE_CLASS_PLAN_TYPES = frozenset({"plan", "subplan"})
+
 # FHIR Clinical Reasoning maps a PlanDefinition action's priority to a CDS Hooks card indicator.
 INDICATOR_BY_PRIORITY = {"routine": "info", "urgent": "warning", "asap": "warning", "stat": "critical"}

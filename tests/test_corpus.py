@@ -71,6 +71,9 @@ def _coverage(spec: dict[str, Any], i: int) -> tuple[dict[str, Any], list[dict[s
         period = spec["period"]
         res["period"] = (period if isinstance(period, dict)
                          else {k: str(v) for k, v in (("start", period[0]), ("end", period[1])) if v})
+    if "classes" in spec:  # [[type, value], ...] as the EHR sends them
+        res["class"] = [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class",
+                                              "code": kind}]}, "value": str(value)} for kind, value in spec["classes"]]
     if "order" in spec:
         res["order"] = spec["order"]
     if "contained_org" in spec:

@@ -28,7 +28,9 @@ class DateWindow:
     def describe(self) -> str:
         if not self.stated:
             return f"not given: judged for any date from {self.start.isoformat()} on"
-        if self.end is None or self.end == self.start:
+        if self.end is None:
+            return f"from {self.start.isoformat()} on (no end given)"
+        if self.end == self.start:
             return self.start.isoformat()
         return f"{self.start.isoformat()} to {self.end.isoformat()}"
 
@@ -44,7 +46,7 @@ class Diagnosis:
 class Order:
     """A ServiceRequest reduced to what the policy looks at."""
 
-    reference: str  # "ServiceRequest/{id}"
+    reference: str  # "ServiceRequest/{id}", or where it sits in the request when it has no id
     codings: tuple[tuple[str, str, str], ...]  # (canonical system or "", code upper-cased, display as given)
     text: str  # code.text, coding displays and orderDetail text, as given
     window: DateWindow
