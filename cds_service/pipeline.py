@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from cds_service import terminology
+from cds_service import fhir_json, terminology
 from cds_service.auth import REPLAYED, AuthError, Client, TokenVerifier
 from cds_service.coverage_information import verdict_fingerprint
 from cds_service.decision import (
@@ -122,7 +122,7 @@ class Pipeline:
         hook_instance.set(request.hook_instance)
         iss = client.iss if client else ""
         retry_key = _digest(f"{iss}\n{request.hook_instance}")
-        digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        digest = hashlib.sha256(fhir_json.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
         if request.requested_version not in (None, terminology.CRD_VERSION):
             raise RequestError(f"CRD version {request.requested_version} is not supported; this service implements "
                                f"CRD {terminology.CRD_VERSION}", "extension.davinci-crd.requestedVersion", 422)

@@ -48,6 +48,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from cds_service import fhir_json
+
 log = logging.getLogger(__name__)
 metadata = MetaData()
 
@@ -239,12 +241,12 @@ def current_revision(engine: Engine) -> str | None:
 
 def _json_text(value: Any) -> str:
     """JSON columns as orjson writes them (what the HTTP answer was), ~10x faster than the json module."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    return fhir_json.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _json_value(text: str | bytes) -> Any:
     try:
-        return orjson.loads(text)
+        return fhir_json.loads(text)
     except orjson.JSONDecodeError:  # rows written by the json module before: it wrote NaN and Infinity
         return json.loads(text)
 

@@ -115,6 +115,19 @@ def test_hook_call_assertion_and_feedback_are_stored(database_url: str) -> None:
             count(database_url, feedback)) == (1, 1, 1)
 
 
+def test_a_retry_is_answered_with_the_decimals_as_written(database_url: str) -> None:
+    """The stored answer is read back from the record (a JSON column on either backend) without turning
+    1.50 into 1.5."""
+    app = create_app({"DATABASE_URL": database_url, "TODAY": "2026-11-25"})
+    client = app.test_client()
+    request = hook_request(service_request("0530U", "2025-03-03"))
+    request["context"]["draftOrders"]["entry"][0]["resource"]["quantityQuantity"] = {"value": 0.0}
+    data = json.dumps(request).replace('"value": 0.0', '"value": 1.50').encode()
+    first, retry = (client.post(f"/cds-services/{SIGN}", data=data, content_type="application/json").data
+                    for _ in range(2))
+    assert b'"quantityQuantity":{"value":1.50}' in first and retry == first
+
+
 def test_schema_revision_is_the_newest_migration() -> None:
     assert head_revision() == SCHEMA_REVISION
 

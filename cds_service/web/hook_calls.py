@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
-import orjson
 from werkzeug.sansio.utils import get_current_url
 from werkzeug.wsgi import get_host
 
+from cds_service import fhir_json
 from cds_service.auth import AuthError
 from cds_service.intake import RequestError
 from cds_service.observability import hook_instance, observe_request
@@ -50,7 +50,7 @@ def answer(pipeline: Pipeline, service_id: str, *, authorization: str | None, au
         except Exception:  # a 400, 413 or 415: the token is spent even on a body that cannot be read
             pipeline.check_replay(client)
             raise
-        return 200, orjson.dumps(pipeline.handle_hook(service_id, body, client, host_url)), _JSON
+        return 200, fhir_json.dumps(pipeline.handle_hook(service_id, body, client, host_url)), _JSON
     except RequestError as exc:
         return exc.status, outcome(exc.status, exc.message, exc.expression), FHIR_JSON
     except AuthError as exc:

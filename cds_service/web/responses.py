@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import orjson
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from cds_service import fhir_json
 from cds_service.auth import AuthError, Client
 from cds_service.intake import RequestError
 from cds_service.pipeline import Pipeline
@@ -40,7 +40,7 @@ def audience() -> str:
 
 
 def json_response(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+    return Response(fhir_json.dumps(body), status=status, mimetype="application/json")
 
 
 def operation_outcome(status: int, message: str, expression: str | None = None) -> Response:

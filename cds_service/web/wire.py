@@ -12,7 +12,9 @@ from typing import Any, NoReturn
 import orjson
 from werkzeug.http import parse_options_header
 
+from cds_service import fhir_json
 from cds_service.auth import AuthError
+from cds_service.fhir_json import read_integer, read_number
 from cds_service.intake import RequestError
 from cds_service.json_limits import json_problem, may_have_problem
 from cds_service.observability import AUTH_FAILURES
@@ -53,7 +55,7 @@ def parse_json_body(content_type: str | None, read: Callable[[], bytes]) -> Any:
         raise RequestError("Send the body as JSON (Content-Type: application/json)", status=415)
     data = read()
     try:
-        body = orjson.loads(data)
+        body = fhir_json.loads(data)
     except orjson.JSONDecodeError as exc:
         body = _beyond_double(data, exc)
     if may_have_problem(data) and (problem := json_problem(body)) is not None:
@@ -67,14 +69,10 @@ def _beyond_double(data: bytes, exc: orjson.JSONDecodeError) -> Any:
     if "infinity" not in str(exc):
         raise RequestError(f"The body is not valid JSON: {exc}") from exc
 
-    def number(text: str) -> float | int:
-        value = int(text)
-        return value if -(2**63) <= value < 2**64 else float(text)
-
     def no_constants(name: str) -> NoReturn:
         raise RequestError(f"The body is not valid JSON: {name} is not a JSON number")
 
     try:
-        return json.loads(data, parse_int=number, parse_constant=no_constants)
+        return json.loads(data, parse_int=read_integer, parse_float=read_number, parse_constant=no_constants)
     except ValueError as err:
         raise RequestError(f"The body is not valid JSON: {err}") from err
