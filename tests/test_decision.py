@@ -117,7 +117,8 @@ def test_recognition(knowledge: Knowledge, resource: dict[str, Any], kind: Recog
     (record(payor="CBC"), PayerKind.SERVED),
     (record(payor="CBC Partners"), PayerKind.OTHER),
     (record(payor="", payor_identifiers=(("urn:oid:2.16.840.1.113883.6.300", "95199"),)), PayerKind.SERVED),
-    (record(payor="", payor_identifiers=(("urn:oid:2.16.840.1.113883.6.300", "99999"),)), PayerKind.OTHER),
+    # an identifier the data does not hold could be any company's (Capital Blue Cross's own NAIC code is not there)
+    (record(payor="", payor_identifiers=(("urn:oid:2.16.840.1.113883.6.300", "99999"),)), PayerKind.UNKNOWN),
     (record(payor=""), PayerKind.UNKNOWN),
     (record(plan="FEP Blue Focus"), PayerKind.VARIATION),
     (record(payor="BCBS FEP", plan="Basic"), PayerKind.VARIATION),

@@ -30,8 +30,10 @@ def identify(record: CoverageRecord, knowledge: Knowledge) -> MemberCoverage:
         return MemberCoverage(record, PayerKind.VARIATION, label or variation.name, variation)
     if served is not None:
         return MemberCoverage(record, PayerKind.SERVED, label or served.name)
-    if record.payor_identifiers or any(tokens(n) for n in record.payor_names):
-        return MemberCoverage(record, PayerKind.OTHER, label or record.payor_identifiers[0][1])
+    if any(tokens(n) for n in record.payor_names):
+        return MemberCoverage(record, PayerKind.OTHER, label)
+    # Only identifiers, none of them known: no evidence either way (the data does not hold every
+    # identifier of every company), so the payer is unknown rather than another's.
     return MemberCoverage(record, PayerKind.UNKNOWN, "")
 
 
