@@ -623,7 +623,8 @@ def _coverage_record(c: dict[str, Any], reference: str, organizations: dict[str,
     for cls in classes if isinstance(classes, list) else []:
         if isinstance(cls, dict):
             # An enrollment code is a plan's; a group, subgroup or pharmacy value of the same digits is not.
-            kinds = [c.get("code") for c in _codings(cls.get("type"))]
+            kind = cls["type"] if isinstance(cls.get("type"), dict) else {}
+            kinds = [c.get("code") for c in _codings(kind)] + [str(kind.get("text", "")).strip().lower()]
             if isinstance(cls.get("value"), str) and any(isinstance(k, str) and k in PLAN_CLASSES for k in kinds):
                 plan_values.append(cls["value"])
             plan_names += [v for v in (cls.get("name"), cls.get("value")) if isinstance(v, str)]

@@ -17,13 +17,16 @@ CARD_TYPES = frozenset({
     "contraindication", "guideline", "off-guideline",
 })
 
-# ICD-10-CM chapter 2, the neoplasms that are or may be cancer: malignant (C00-C96), in situ (D00-D09), of
-# uncertain or unspecified behaviour (D37-D49). Benign neoplasms (D10-D36, D3A: fibroids, nevi) are not.
-NEOPLASM_CATEGORY_PREFIXES = ("C", "D0", "D37", "D38", "D39", "D4")
-# Diagnoses that make a cell-free DNA test a prenatal or transplant one: pregnancy (O00-O9A), pregnant
-# state, supervision of pregnancy, antenatal screening, weeks of gestation (Z33, Z34, Z36, Z3A), a
-# transplanted organ (Z94) and its complications (T86).
-NON_CANCER_CFDNA_CATEGORY_PREFIXES = ("O", "Z33", "Z34", "Z36", "Z3A", "Z94", "T86")
+# ICD-10-CM categories of cancer: chapter 2's neoplasms that are or may be cancer, malignant (C00-C96), in
+# situ (D00-D09), of uncertain or unspecified behaviour (D37-D49), and a personal history of cancer (Z85,
+# the relapse-prediction population). Benign neoplasms (D10-D36, D3A: fibroids, nevi) are not.
+NEOPLASM_CATEGORY_PREFIXES = ("C", "D0", "D37", "D38", "D39", "D4", "Z85")
+# Diagnoses (ICD-10-CM codes without the dot) that make a cell-free DNA test a prenatal or donor-DNA one:
+# pregnancy (O00-O9A), pregnant state, supervision of pregnancy, antenatal screening, weeks of gestation
+# (Z33, Z34, Z36, Z3A), a transplanted solid organ (Z94.0-Z94.4) and its complications (T86.1-T86.4).
+# Not bone marrow or stem cells (Z94.8, T86.0): those grafts treat the very cancers liquid biopsies follow.
+NON_CANCER_CFDNA_CODE_PREFIXES = ("O", "Z33", "Z34", "Z36", "Z3A", "Z940", "Z941", "Z942", "Z943", "Z944",
+                                  "T861", "T862", "T863", "T864")
 
 # Coverage.class types (coverage-class CodeSystem) whose value names the plan itself, as an enrollment code does.
 COVERAGE_CLASS_PLAN_TYPES = frozenset({"plan", "subplan"})

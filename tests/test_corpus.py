@@ -74,6 +74,8 @@ def _coverage(spec: dict[str, Any], i: int) -> tuple[dict[str, Any], list[dict[s
     if "classes" in spec:  # [[type, value], ...] as the EHR sends them
         res["class"] = [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class",
                                               "code": kind}]}, "value": str(value)} for kind, value in spec["classes"]]
+    if "classes_raw" in spec:  # as written, for shapes the shorthand cannot express
+        res["class"] = spec["classes_raw"]
     if "order" in spec:
         res["order"] = spec["order"]
     if "contained_org" in spec:

@@ -64,7 +64,7 @@ def _variation(record: CoverageRecord, knowledge: Knowledge, served: bool) -> Pr
         if (found := lexicon.variation_names.find(normalise(name))) is not None:
             return lexicon.variation_by_name[found]
     if served:
-        for name in record.plan_names:
+        for name in (*record.plan_names, *record.payor_names):
             if (found := lexicon.variation_programs.find(normalise(name))) is not None:
                 return lexicon.variation_by_program[found]
         values = set(record.plan_values)

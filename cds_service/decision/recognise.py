@@ -9,7 +9,8 @@
 3. Words: a recognition keyword (ctDNA, circulating tumor cells, liquid biopsy, ...) is enough;
    an ambiguous one (cell-free DNA, cfDNA, MRD, CTC) counts only with cancer context (a cancer
    word, a neoplasm diagnosis or a liquid-biopsy purpose) and never beside a non-cancer keyword
-   (prenatal, transplant, infection, bone marrow) or a pregnancy or transplant diagnosis.
+   (prenatal, transplant, infection, bone marrow, a swab) or, when the order states no purpose and has
+   no cancer word, beside a pregnancy or solid-organ transplant diagnosis.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def recognise(order: Order, knowledge: Knowledge) -> Recognition:
         return Recognition(Recognised.NONE)
     if (marker := lexicon.non_cancer.find(text)) is not None:
         return Recognition(Recognised.NOT_THIS_POLICY, via="keyword", evidence=marker)
-    if (pregnancy_or_graft := _non_cancer_diagnosis(order)) is not None:
+    cancer_words = lexicon.cancer_context.find(text) is not None
+    if not (cancer_words or order.purposes) and (pregnancy_or_graft := _non_cancer_diagnosis(order)) is not None:
         return Recognition(Recognised.NOT_THIS_POLICY, via="diagnosis", evidence=pregnancy_or_graft)
     if _cancer_context(order, text, knowledge):
         return Recognition(Recognised.LIQUID_BIOPSY, via="keyword", evidence=ambiguous)
@@ -94,8 +96,8 @@ def _of_test(test: CatalogueTest, code: str, via: str, evidence: str) -> Recogni
 
 
 def _non_cancer_diagnosis(order: Order) -> str | None:
-    return next((d.code for d in order.diagnoses
-                 if d.category.startswith(terminology.NON_CANCER_CFDNA_CATEGORY_PREFIXES)), None)
+    return next((d.code for d in order.diagnoses if d.code.upper().replace(".", "").startswith(
+        terminology.NON_CANCER_CFDNA_CODE_PREFIXES)), None)
 
 
 def _cancer_context(order: Order, text: str, knowledge: Knowledge) -> bool:

@@ -84,16 +84,17 @@ def judge(order: Order, knowledge: Knowledge,
 
 def use_of(order: Order, recognition: Recognition, knowledge: Knowledge) -> Use:
     """Why the test is ordered: a stated purpose outranks the test's own use, which outranks a diagnosis.
-    Except where the Guidelines leave the test itself to others ("does not address tumor-informed ctDNA
-    testing for cancer management, ... AR-V7 circulating tumor cells for metastatic prostate cancer"):
-    a test made for a use the policy does not review keeps that use beside what the order states (so a
-    policy named for either governs, and a listed code keeps its listing), unless its use is selecting
-    targeted treatment (comprehensive genomic profiling) and the order states a use that is not."""
+    Except where the test's own use is one the Guidelines leave to others and the order's statement
+    does not change that: the test itself ("does not address tumor-informed ctDNA testing for cancer
+    management", AR-V7 CTCs in metastatic prostate cancer: purposes marked excludes-the-test), or
+    comprehensive genomic profiling ordered to select targeted treatment. The test's use then stands
+    beside the stated one, so a policy named for either governs (and, stated, it takes a listed code
+    off the list, as any stated excluded use does)."""
     test = recognition.test
     stated = tuple(sorted(p for p in order.purposes if p in knowledge.purposes))
     if stated and test is not None and test.use is not None and _test_use_stands(test.use, stated, knowledge):
-        return _use((test.use, *(p for p in stated if p != test.use)), "test",
-                    f"the use {test.display} is made for, beside the one the order states", knowledge)
+        return _use((test.use, *(p for p in stated if p != test.use)), "stated",
+                    f"stated in the order, beside the use {test.display} is made for", knowledge)
     if stated:
         return _use(stated, "stated", "stated in the order", knowledge)
     if test is not None and test.use is not None:
@@ -111,8 +112,8 @@ def _test_use_stands(test_use: str, stated: tuple[str, ...], knowledge: Knowledg
     purposes = knowledge.purposes
     if purposes[test_use].reviewed:
         return False
-    return not purposes[test_use].selects_targeted_treatment or any(
-        purposes[p].selects_targeted_treatment for p in stated)
+    return purposes[test_use].excludes_the_test or (
+        purposes[test_use].selects_targeted_treatment and any(purposes[p].selects_targeted_treatment for p in stated))
 
 
 def _use(purposes: tuple[str, ...], basis: str, words: str, knowledge: Knowledge) -> Use:

@@ -399,7 +399,8 @@ def build_knowledge(artifacts: list[Artifact], canonical_base: str) -> Knowledge
         purposes[c["code"]] = Purpose(c["code"], c.get("display", c["code"]),
                                       bool(props.get("reviewed-by-mp-2-267", [False])[0]),
                                       bool(props.get("selects-targeted-treatment", [False])[0]),
-                                      str(props.get("analyte", [""])[0]))
+                                      str(props.get("analyte", [""])[0]),
+                                      bool(props.get("excludes-the-test", [False])[0]))
     for test in catalogue:
         if test.use is not None and test.use not in purposes:
             raise KnowledgeError(catalogue_cs.name, f"{test.id}: use {test.use!r} is not in {purpose_cs.name}")

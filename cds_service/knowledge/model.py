@@ -83,6 +83,7 @@ class Purpose:
     reviewed: bool  # one of the uses the policy's evidence review covers
     selects_targeted_treatment: bool  # the Guidelines' cancer-specific exclusions apply to it
     analyte: str  # "ctdna", "ctc" or "" when the use is not specific to one
+    excludes_the_test: bool = False  # left to others whatever the test is ordered for (tumor-informed ctDNA)
 
 
 @dataclass(frozen=True, slots=True)
