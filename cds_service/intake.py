@@ -452,10 +452,10 @@ def to_order(source: OrderSource, knowledge: Knowledge, today: date, conditions:
     coded = tuple(dict.fromkeys(
         (_system(c, knowledge), str(c["code"]).strip().upper(), str(c.get("display") or ""))
         for c in codings if c.get("code")))
-    texts = [code.get("text"), *(c.get("display") for c in codings),
-             *(cc.get("text") for cc in details), *(c.get("display") for cc in details for c in _codings(cc)),
-             *(resource.get("instantiatesCanonical") or ()), *(resource.get("instantiatesUri") or ())]
-    text = " | ".join(dict.fromkeys(str(t).strip() for t in texts if isinstance(t, str) and t.strip()))
+    names = _texts([code.get("text"), *(c.get("display") for c in codings)])
+    more = _texts([*(cc.get("text") for cc in details), *(c.get("display") for cc in details for c in _codings(cc)),
+                   *(resource.get("instantiatesCanonical") or ()), *(resource.get("instantiatesUri") or ())])
+    text = " | ".join(dict.fromkeys([*names, *more]))
 
     reasons = [cc for cc in resource.get("reasonCode") or [] if isinstance(cc, dict)]
     reason_codings = [c for cc in reasons for c in _codings(cc)]
@@ -472,12 +472,17 @@ def to_order(source: OrderSource, knowledge: Knowledge, today: date, conditions:
                          if c.get("system") == knowledge.purpose_system and c.get("code"))
     held = tuple(h for ext in extensions_on(resource) if (h := held_assertion(ext)) is not None)
     return Order(
-        reference=source.reference, codings=coded, text=text, window=date_window(resource, today),
+        reference=source.reference, codings=coded, text=text, name_parts=len(names),
+        window=date_window(resource, today),
         diagnoses=diagnoses, purposes=purposes, status=str(resource.get("status") or ""),
         intent=str(resource.get("intent") or ""), do_not_perform=resource.get("doNotPerform") is True,
         draft=source.draft, held=held, resource=resource,
         has_code_text=isinstance(code.get("text"), str) and bool(code["text"].strip()),
     )
+
+
+def _texts(values: Iterable[Any]) -> list[str]:
+    return list(dict.fromkeys(str(t).strip() for t in values if isinstance(t, str) and t.strip()))
 
 
 def _system(coding: dict[str, Any], knowledge: Knowledge) -> str:

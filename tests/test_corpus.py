@@ -36,6 +36,8 @@ def _order(spec: dict[str, Any]) -> dict[str, Any]:
         code["text"] = spec["text"]
     if code:
         res["code"] = code
+    if "detail" in spec:  # orderDetail text
+        res["orderDetail"] = [{"text": spec["detail"]}]
     if "dos" in spec:
         res["occurrenceDateTime"] = str(spec["dos"])
     if "period" in spec:

@@ -4,8 +4,9 @@
    the NamingSystems give for CPT/HCPCS (or with no system), or written in the order's text.
    A catalogue test that is not a ctDNA/CTC cancer test (prenatal, transplant, infection, other
    analytes) is recognised as *not* this policy's.
-2. A catalogue test's name or alias in the order's text (the longest match wins; a laboratory's product
-   before a kind of test, so "CellSearch circulating tumor cell count" is CellSearch).
+2. A catalogue test's name or alias in the order's own name for the test (code.text, coding displays),
+   then in the rest of its text (orderDetail): the longest match wins, a laboratory's product before a
+   kind of test ("CellSearch circulating tumor cell count" is CellSearch).
 3. Words: a recognition keyword (ctDNA, circulating tumor cells, liquid biopsy, ...) is enough;
    an ambiguous one (cell-free DNA, cfDNA, MRD, CTC) counts only with cancer context (a cancer
    word, a neoplasm diagnosis or a liquid-biopsy purpose) and never beside a non-cancer keyword
@@ -32,9 +33,11 @@ def recognise(order: Order, knowledge: Knowledge) -> Recognition:
         return by_code
     text = normalise(order.text)
     lexicon = knowledge.lexicon
-    if (name := lexicon.test_names.find(text) or lexicon.test_kind_names.find(text)) is not None:
-        test = lexicon.test_by_name[name]
-        return _of_test(test, _billing_code(test, knowledge), "name", name)
+    own_name = normalise(" | ".join(order.text.split(" | ")[:order.name_parts]))
+    for where in (own_name, text):  # the order's name for the test before a test its details mention
+        if (name := lexicon.test_names.find(where) or lexicon.test_kind_names.find(where)) is not None:
+            test = lexicon.test_by_name[name]
+            return _of_test(test, _billing_code(test, knowledge), "name", name)
     if (word := lexicon.recognition.find(text)) is not None:
         return Recognition(Recognised.LIQUID_BIOPSY, via="keyword", evidence=word)
     ambiguous = lexicon.ambiguous.find(text)
