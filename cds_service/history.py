@@ -45,7 +45,7 @@ def _window(column: Any, f: Filters) -> list[ColumnElement[bool]]:
     out = []
     if f.start:
         out.append(column >= datetime.combine(f.start, time(), UTC))
-    if f.end:
+    if f.end and f.end < date.max:  # up to 9999-12-31: no bound
         out.append(column < datetime.combine(f.end + timedelta(days=1), time(), UTC))
     return out
 

@@ -223,7 +223,9 @@ def verdict(j: OrderJudgement, coverage: MemberCoverage, knowledge: Knowledge, c
             return "product-variation-manual"
         return policy_reason(j, day, knowledge)
 
-    changes = _policy_changes(j, knowledge) | {d for d in (record.start, record.end and record.end + ONE_DAY) if d}
+    # the day after the coverage ends (none when it ends on the last day there is: 9999-12-31 means "no end")
+    after = record.end + ONE_DAY if record.end is not None and record.end < date.max else None
+    changes = _policy_changes(j, knowledge) | {d for d in (record.start, after) if d}
     segments = segments_over(j.order, reason_at, changes)
     reason = summary_reason(segments)
     if reason is None:

@@ -23,6 +23,7 @@ from http import HTTPStatus
 from typing import Any
 
 from cds_service.compute_gate import GATE
+from cds_service.observability import hook_instance
 from cds_service.web.wire import FHIR_JSON, outcome
 
 StartResponse = Callable[..., Any]
@@ -106,6 +107,9 @@ class BodyReader:
         self.max_bytes = max_bytes
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        # Every request starts with no hook instance: a server thread's last hook call must not stamp
+        # this request's log lines (records reads, errors) with its own.
+        hook_instance.set(None)
         if environ.get("REQUEST_METHOD") not in ("POST", "PUT", "PATCH"):
             with GATE.computing():
                 return self.app(environ, start_response)

@@ -73,6 +73,11 @@ def _beyond_double(data: bytes, exc: orjson.JSONDecodeError) -> Any:
         raise RequestError(f"The body is not valid JSON: {name} is not a JSON number")
 
     try:
-        return json.loads(data, parse_int=read_integer, parse_float=read_number, parse_constant=no_constants)
+        body = json.loads(data, parse_int=read_integer, parse_float=read_number, parse_constant=no_constants)
     except ValueError as err:
         raise RequestError(f"The body is not valid JSON: {err}") from err
+    try:  # the json module accepts a lone surrogate (\ud800), which is no text: orjson, as everywhere else, refuses it
+        fhir_json.dumps(body)
+    except TypeError as err:
+        raise RequestError(f"The body is not valid JSON: {err}") from err
+    return body

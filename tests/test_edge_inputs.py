@@ -1,0 +1,57 @@
+"""Inputs at the edges of what JSON, FHIR dates and the service's own limits allow: each once answered
+500 or was misread (found by a black-box attack run)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from cds_service import create_app
+from cds_service.observability import HookInstanceFilter
+from tests.conftest import SIGN, LiveService, coverage, coverage_info, hook_request, service_request
+
+SURROGATE_WITH_HUGE_NUMBER = (b'{"pad":1e400,"hook":"order-sign","hookInstance":"h-\\ud800","context":'
+                              b'{"userId":"Practitioner/1","patientId":"p1","draftOrders":{"resourceType":"Bundle",'
+                              b'"entry":[]}}}')
+
+
+@pytest.mark.parametrize("path", [f"/cds-services/{SIGN}", f"/cds-services/{SIGN}/feedback"])
+def test_a_lone_surrogate_is_a_400_even_where_the_json_module_reads_the_body(cds: LiveService, path: str) -> None:
+    """orjson refuses a lone surrogate; a body with a number beyond a double is read by the json module,
+    which accepts it, and the string then failed every later write (digest, record, log line)."""
+    resp = cds.post_raw(path, SURROGATE_WITH_HUGE_NUMBER)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["issue"][0]["code"] == "invalid" and "not valid JSON" in resp.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("end", ["9999-12-31", "9999-12", "9999"])
+def test_a_coverage_without_an_end_written_as_the_last_day_there_is(cds: LiveService, end: str) -> None:
+    """Many EHRs write 'no end date' as 9999-12-31: the day after it does not exist."""
+    cov = coverage(period={"start": "2020-01-01", "end": end})
+    [info] = coverage_info(cds.call(hook_request(service_request("0530U", "2025-03-03"), coverages=(cov,))))
+    assert info["covered"]["valueCode"] == "not-covered"
+
+
+@pytest.mark.parametrize("query", ["to=9999-12-31", "format=csv&to=9999-12-31", "from=0001-01-01&to=9999-12-31"])
+def test_records_up_to_the_last_day_there_is(cds: LiveService, query: str) -> None:
+    cds.call(hook_request(service_request("0530U", "2025-03-03")))
+    resp = cds.http.get(cds.url(f"/records/api/calls?{query}"), timeout=10)
+    assert resp.status_code == 200, resp.text
+    assert ("0530U" in resp.text) and (resp.text.count("\n") >= 2 if "csv" in query else resp.json()["total"] == 1)
+
+
+def test_a_request_after_a_hook_call_on_the_same_thread_is_not_stamped_with_its_hook_instance(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Log lines carry the hook call they belong to; a records read that a server thread serves after a
+    hook call belongs to none (it would tie the reader to another client's call in the audit log)."""
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'h.db'}", "TODAY": "2026-11-25"})
+    client = app.test_client()  # one thread, as a server thread serving one request after another
+    request = hook_request(service_request("0530U", "2025-03-03"))
+    assert client.post(f"/cds-services/{SIGN}", json=request).status_code == 200
+    caplog.handler.addFilter(HookInstanceFilter())  # as the service's own handlers stamp each line
+    with caplog.at_level(logging.INFO, logger="cds_service.records"):
+        assert client.get("/records/api/calls").status_code == 200
+    [line] = [r for r in caplog.records if r.name == "cds_service.records"]
+    assert getattr(line, "hookInstance", None) is None, line.__dict__
