@@ -9,6 +9,7 @@ declaration); orders, conditions and coverages are read the same way for every h
 from __future__ import annotations
 
 import calendar
+import contextlib
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -399,7 +400,7 @@ def validate_order(resource: dict[str, Any], where: str) -> dict[str, Any]:
     fhir.resources (~0.1 ms), which words the error. Orders the policy has nothing to say about were
     only checked in the elements read to classify them: a flaw in, say, a blood count's ``note`` is no
     reason to withhold a liquid-biopsy verdict."""
-    if (problem := _json_form_problem(resource)) is not None:
+    if (problem := _json_form_problem(resource) or _order_problem(resource)) is not None:
         at, what = problem
         raise RequestError(f"Invalid ServiceRequest: {at.lstrip('.')} {what}", where + at)
     order = pruned(resource)  # validated as it will be echoed: empties dropped, codes trimmed (compared trimmed)
@@ -413,6 +414,24 @@ def validate_order(resource: dict[str, Any], where: str) -> dict[str, Any]:
         log.warning("fhir.resources failed on an order (%s: %s)", type(exc).__name__, exc)
         raise RequestError("Invalid ServiceRequest: not FHIR JSON that can be read", where) from exc
     return order
+
+
+def _order_problem(resource: dict[str, Any]) -> tuple[str, str] | None:
+    """What fhir.resources lets through in a judged order but FHIR does not allow: an id over 64
+    characters (fhir.resources allows 255), a period that ends before it starts (FHIR per-1)."""
+    rid = resource.get("id")
+    if isinstance(rid, str) and not FHIR_ID.fullmatch(rid):
+        return ".id", f"{rid[:70]!r} is not a FHIR id ([A-Za-z0-9-.], at most 64 characters)"
+    timing = resource.get("occurrenceTiming")
+    repeat = timing.get("repeat") if isinstance(timing, dict) else None
+    for at, period in ((".occurrencePeriod", resource.get("occurrencePeriod")),
+                       (".occurrenceTiming.repeat.boundsPeriod", repeat.get("boundsPeriod") if isinstance(repeat, dict)
+                        else None)):
+        if isinstance(period, dict) and isinstance(period.get("start"), str) and isinstance(period.get("end"), str):
+            with contextlib.suppress(ValueError):  # an unreadable date is fhir.resources' to word
+                if day_range(period["start"])[0] > day_range(period["end"])[1]:
+                    return at, f"starts ({period['start']}) after it ends ({period['end']})"
+    return None
 
 
 # ---------------------------------------------------------------- orders

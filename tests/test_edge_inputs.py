@@ -55,3 +55,35 @@ def test_a_request_after_a_hook_call_on_the_same_thread_is_not_stamped_with_its_
         assert client.get("/records/api/calls").status_code == 200
     [line] = [r for r in caplog.records if r.name == "cds_service.records"]
     assert getattr(line, "hookInstance", None) is None, line.__dict__
+
+
+@pytest.mark.parametrize(("field", "value", "expression"), [
+    ("occurrencePeriod", {"start": "2026-07-15", "end": "2026-06-15"}, "occurrencePeriod"),
+    ("occurrenceTiming", {"repeat": {"boundsPeriod": {"start": "2026-07", "end": "2026-06-30"}}},
+     "occurrenceTiming.repeat.boundsPeriod"),
+    ("id", "a" * 65, "id"),
+])
+def test_a_judged_order_fhir_does_not_allow_is_a_400(cds: LiveService, field: str, value: Any,
+                                                     expression: str) -> None:
+    """What fhir.resources lets through but FHIR does not: a period ending before it starts (per-1; it
+    was judged from its start alone), an id over 64 characters (on PostgreSQL a 500: the record's column)."""
+    order = service_request("0530U", None)
+    order[field] = value
+    resp = cds.http.post(cds.url(f"/cds-services/{SIGN}"), json=hook_request(order), timeout=10)
+    assert resp.status_code == 400, resp.text
+    [issue] = resp.json()["issue"]
+    assert issue["expression"] == [f"context.draftOrders.entry[0].resource.{expression}"], issue
+
+
+def test_an_order_the_policy_does_not_judge_is_not_refused_for_such_a_flaw(cds: LiveService) -> None:
+    blood_count = {"resourceType": "ServiceRequest", "id": "cbc", "status": "draft", "intent": "order",
+                   "subject": {"reference": "Patient/p1"}, "code": {"text": "CBC with differential"},
+                   "occurrencePeriod": {"start": "2026-07-15", "end": "2026-06-15"}}
+    body = cds.call(hook_request(blood_count, service_request("0530U", "2025-03-03")))
+    assert [i["covered"]["valueCode"] for i in coverage_info(body)] == ["not-covered"]
+
+
+def test_an_order_id_of_64_characters_is_a_fhir_id(cds: LiveService) -> None:
+    order = service_request("0530U", "2025-03-03")
+    order["id"] = "a" * 64
+    assert coverage_info(cds.call(hook_request(order)))[0]["covered"]["valueCode"] == "not-covered"
