@@ -318,9 +318,11 @@ class Pipeline:
                     raise RequestError(f"Card '{row['card']}' offered no suggestion '{s['id']}'",
                                        f"{where}.acceptedSuggestions", 422)
             code = ((row["override_reason"] or {}).get("reason") or {}).get("code")
-            if code is not None and card["override_reasons"] and code not in card["override_reasons"]:
-                raise RequestError(f"Card '{row['card']}' offered no override reason '{code}' (it offered "
-                                   f"{', '.join(card['override_reasons'])})", f"{where}.overrideReason.reason", 422)
+            reasons = card["override_reasons"]  # None only for cards recorded before reasons were (unknown)
+            if code is not None and reasons is not None and code not in reasons:
+                listed = f"it offered {', '.join(reasons)}" if reasons else "it offered none"
+                raise RequestError(f"Card '{row['card']}' offered no override reason '{code}' ({listed})",
+                                   f"{where}.overrideReason.reason", 422)
             row["client_iss"] = client and client.iss
         self.store.record_feedback(rows)
         return len(rows)
@@ -431,7 +433,12 @@ def parse_feedback(body: Any, service_id: str) -> list[dict[str, Any]]:
         rows.append({"service_id": service_id, "card": card.strip(), "outcome": outcome,
                      "accepted_suggestions": accepted, "override_reason": override,
                      "outcome_timestamp": stamp, "received_at": received})
-    return rows
+    # The same entry sent twice in one request is one outcome (it would count twice in the analytics).
+    unique: dict[bytes, dict[str, Any]] = {}
+    for r in rows:
+        unique.setdefault(fhir_json.dumps([r["card"], r["outcome"], r["accepted_suggestions"], r["override_reason"],
+                                           r["outcome_timestamp"]], option=orjson.OPT_SORT_KEYS), r)
+    return list(unique.values())
 
 
 RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](\d{2}):(\d{2}))")

@@ -546,6 +546,25 @@ def test_feedback_about_cards_never_issued_is_404_and_about_what_they_did_not_of
         "overrideReason": {"reason": {"code": "made-up", "system": "http://example.org"}}})
 
 
+def test_an_override_reason_on_a_card_that_offered_none_is_422(cds: LiveService) -> None:
+    body = cds.call(hook_request(service_request("0530U", "2026-08-03")))  # after retirement: an info card
+    [info] = [c for c in body["cards"] if not c.get("overrideReasons")]
+    assert "offered no override reason 'made-up' (it offered none)" in _feedback_problem(cds, {
+        "card": info["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z",
+        "overrideReason": {"reason": {"code": "made-up", "system": "http://example.org"}}})
+    assert cds.pipeline.store.count(feedback) == 0
+
+
+def test_the_same_feedback_entry_twice_in_one_request_is_stored_once(cds: LiveService) -> None:
+    card = cds.call(hook_request(service_request("0530U", "2025-03-03")))["cards"][0]["uuid"]
+    entry = {"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-25T10:00:00Z"}
+    later = {**entry, "outcomeTimestamp": "2026-11-25T10:05:00Z"}
+    resp = cds.http.post(cds.url(f"/cds-services/{SIGN}/feedback"), json={"feedback": [entry, later, entry, entry]},
+                         timeout=5)
+    assert resp.status_code == 200 and resp.json() == {"stored": 2}
+    assert cds.pipeline.store.count(feedback) == 2
+
+
 def test_feedback_for_unknown_service_is_404(cds: LiveService) -> None:
     _outcome(cds.http.post(cds.url("/cds-services/nope/feedback"), json={"feedback": []}, timeout=5), 404)
 
