@@ -145,7 +145,7 @@ def order_select_context(request: HookRequest) -> HookRequest:
     selections = request.context.get("selections")
     if not (isinstance(selections, list) and selections and all(isinstance(s, str) for s in selections)):
         raise RequestError("'context.selections' must be a non-empty list of references", "context.selections")
-    selected = {s.strip() for s in selections}
+    selected = {_local(s) for s in selections}  # relative, absolute or versioned: the same order
     for resource, where in _service_requests(entries):  # the others are read too (for context): typed alike
         check_read_elements(resource, where)
     chosen = [OrderSource(r, where, True) for r, where in _service_requests(entries) if _reference(r) in selected]
@@ -263,8 +263,12 @@ def _reference(resource: dict[str, Any]) -> str:
 
 
 def _local(reference: str) -> str:
-    """'https://ehr/fhir/ServiceRequest/1' and 'ServiceRequest/1' both -> 'ServiceRequest/1'."""
-    return "/".join(reference.strip().rstrip("/").split("/")[-2:])
+    """'https://ehr/fhir/ServiceRequest/1', 'ServiceRequest/1/_history/2' and 'ServiceRequest/1' all ->
+    'ServiceRequest/1' (a version names the same order)."""
+    parts = reference.strip().rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    return "/".join(parts[-2:])
 
 
 # ---------------------------------------------------------------- the elements read to classify an order

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from cds_service.store import coverage_assertions
 from tests.conftest import (
     DISPATCH,
+    SELECT,
     LiveService,
     assertion_ids,
     bundle,
@@ -66,8 +67,9 @@ def test_an_order_with_an_id_keeps_its_assertion_beside_orders_without_one(cds: 
 
 
 @pytest.mark.parametrize("refs", [("ServiceRequest/lb-dd", "ServiceRequest/lb-dd"),
-                                  ("ServiceRequest/lb-dd", "https://ehr.example/fhir/ServiceRequest/lb-dd")],
-                         ids=["same-reference", "relative-and-absolute"])
+                                  ("ServiceRequest/lb-dd", "https://ehr.example/fhir/ServiceRequest/lb-dd"),
+                                  ("ServiceRequest/lb-dd/_history/1", "ServiceRequest/lb-dd/_history/2")],
+                         ids=["same-reference", "relative-and-absolute", "versions"])
 def test_an_order_dispatched_twice_is_judged_once(cds: LiveService, refs: tuple[str, str]) -> None:
     order = service_request("0530U", "2025-03-03", rid="lb-dd", status="active")
     answer = cds.call(dispatch_request(order, dispatched=refs), service=DISPATCH)
@@ -163,3 +165,11 @@ def test_coverage_is_still_a_400_when_it_cannot_be_obtained(cds: LiveService) ->
     [issue] = cds.call(dispatch_request(order, coverages=None), service=DISPATCH, expect=400)["issue"]
     assert issue["expression"] == ["prefetch.coverage"]
     assert "the 'coverage' prefetch was not provided and the request names no fhirServer" in issue["diagnostics"]
+
+
+@pytest.mark.parametrize("selection", ["https://ehr.example/fhir/ServiceRequest/b", "ServiceRequest/b/_history/3"])
+def test_a_selection_absolute_or_versioned_names_the_draft_order(cds: LiveService, selection: str) -> None:
+    a = service_request("0530U", "2025-03-03", rid="a")
+    b = service_request("0091U", "2025-03-03", rid="b")
+    body = cds.call(hook_request(a, b, hook="order-select", selections=[selection]), service=SELECT)
+    assert [action["resource"]["id"] for action in body["systemActions"]] == ["b"]
