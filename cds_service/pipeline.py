@@ -59,6 +59,10 @@ from cds_service.store import Store, TokenReused, utcnow
 
 log = logging.getLogger(__name__)
 
+# Liquid-biopsy orders judged in one call (each is validated in full, judged, echoed and recorded, per
+# Coverage): a real order-sign carries a handful; a bound keeps one request from holding a worker.
+MOST_JUDGED_ORDERS = 25
+
 
 @dataclass(frozen=True)
 class FhirAccess:
@@ -137,6 +141,9 @@ class Pipeline:
         judgements: list[OrderJudgement] = []
         for source in request.orders:
             judgement = judge(to_order(source, self.knowledge, today, conditions), self.knowledge, patient_categories)
+            if judgement is not None and len(judgements) == MOST_JUDGED_ORDERS:
+                raise RequestError(f"More than {MOST_JUDGED_ORDERS} liquid-biopsy orders in one call: send them in "
+                                   "smaller calls", "context")
             if judgement is not None:  # judged: validated in full, and from here on in the form it is echoed
                 echoed = replace(judgement.order, resource=validate_order(source.resource, source.location))
                 judgements.append(replace(judgement, order=echoed))

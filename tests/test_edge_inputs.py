@@ -87,3 +87,25 @@ def test_an_order_id_of_64_characters_is_a_fhir_id(cds: LiveService) -> None:
     order = service_request("0530U", "2025-03-03")
     order["id"] = "a" * 64
     assert coverage_info(cds.call(hook_request(order)))[0]["covered"]["valueCode"] == "not-covered"
+
+
+def test_at_most_25_liquid_biopsy_orders_are_judged_in_one_call(cds: LiveService) -> None:
+    """Each judged order is validated in full, judged, echoed and recorded: unbounded, one request of a
+    few hundred held a worker (and every caller queued behind it) for seconds."""
+    orders = [service_request("0530U", "2025-03-03", rid=f"lb-{i}") for i in range(26)]
+    blood_counts = [{"resourceType": "ServiceRequest", "id": f"cbc-{i}", "status": "draft", "intent": "order",
+                     "subject": {"reference": "Patient/p1"}, "code": {"text": "CBC"}} for i in range(40)]
+    assert len(cds.call(hook_request(*orders[:25], *blood_counts))["systemActions"]) == 25
+    resp = cds.http.post(cds.url(f"/cds-services/{SIGN}"), json=hook_request(*orders), timeout=10)
+    assert resp.status_code == 400 and "More than 25 liquid-biopsy orders" in resp.text
+
+
+def test_at_most_8_coverages_of_ours_are_answered_for_when_none_is_marked_primary(cds: LiveService) -> None:
+    covs = tuple(coverage(f"cov-{i}") for i in range(9))
+    body = cds.call(hook_request(service_request("0530U", "2025-03-03"), coverages=covs[:8]))
+    assert len(coverage_info(body)) == 8
+    resp = cds.http.post(cds.url(f"/cds-services/{SIGN}"),
+                         json=hook_request(service_request("0530U", "2025-03-03"), coverages=covs), timeout=10)
+    assert resp.status_code == 400 and "answers for at most 8" in resp.text
+    ordered = tuple(coverage(f"cov-{i}", order=i + 1) for i in range(9))  # a primary: answered as usual
+    assert len(coverage_info(cds.call(hook_request(service_request("0530U", "2025-03-03"), coverages=ordered)))) == 1

@@ -72,6 +72,12 @@ def _variation(record: CoverageRecord, knowledge: Knowledge, served: bool) -> Pr
     return None
 
 
+# Coverages of ours answered for at once when the client does not say which is primary. Each is a verdict
+# per judged order, echoed in every order's system action and recorded: without a bound a request of 100
+# such Coverages and 300 orders made a 78 MB answer and held its worker for seconds.
+MOST_COVERAGES_ANSWERED = 8
+
+
 def select(facts: CoverageFacts, knowledge: Knowledge) -> Selection:
     """The coverages this endpoint answers for (CRD dev-28: the primary one; several only when the
     client cannot tell which is primary and more than one is ours), or why there are none."""
@@ -88,6 +94,10 @@ def select(facts: CoverageFacts, knowledge: Knowledge) -> Selection:
         first = min(c.record.order for c in ordered if c.record.order is not None)
         pool = [c for c in ordered if c.record.order == first]
     ours = tuple(c for c in pool if c.payer in (PayerKind.SERVED, PayerKind.VARIATION))
+    if len(ours) > MOST_COVERAGES_ANSWERED:
+        return Selection((), CoverageProblem.SEVERAL_PRIMARY,
+                         f"{len(ours)} Coverages of this payer could each be the primary one (none has the lowest "
+                         f"'order'); this endpoint answers for at most {MOST_COVERAGES_ANSWERED}: send the primary one")
     if ours:
         return Selection(ours)
     unknown = [c for c in pool if c.payer is PayerKind.UNKNOWN]
