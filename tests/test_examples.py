@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,3 +42,20 @@ def test_example(cds: LiveService, name: str) -> None:
         return
     assert [c["indicator"] for c in response["cards"]] == indicators
     assert [i["covered"]["valueCode"] for i in coverage_info(response)] == covered
+
+
+def _orders(body: dict[str, Any]) -> list[dict[str, Any]]:
+    bundles = [body["context"].get("draftOrders") or {}, *(v for v in (body.get("prefetch") or {}).values()
+                                                            if isinstance(v, dict))]
+    return [e["resource"] for b in bundles for e in b.get("entry", [])
+            if e.get("resource", {}).get("resourceType") == "ServiceRequest"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_orders_carry_what_crds_servicerequest_profile_requires(name: str) -> None:
+    """The orders come back in the update actions, which Inferno's CRD kit validates against CRD's
+    ServiceRequest profile (profile-servicerequest: status, intent, code, subject, authoredOn, requester)."""
+    body = json.loads((EXAMPLES / f"{name}.json").read_text())
+    for order in _orders(body):
+        missing = [k for k in ("status", "intent", "code", "subject", "authoredOn", "requester") if k not in order]
+        assert not missing, (name, order.get("id"), missing)
