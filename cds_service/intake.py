@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any, NoReturn
 
 from fhir.resources.R4B.servicerequest import ServiceRequest
@@ -146,6 +146,11 @@ def order_select_context(request: HookRequest) -> HookRequest:
     if not (isinstance(selections, list) and selections and all(isinstance(s, str) for s in selections)):
         raise RequestError("'context.selections' must be a non-empty list of references", "context.selections")
     selected = {_local(s) for s in selections}  # relative, absolute or versioned: the same order
+    drafts = {_reference(e["resource"]) for e in entries
+              if isinstance(e, dict) and isinstance(e.get("resource"), dict) and identified(e["resource"])}
+    if unknown := sorted(selected - drafts):  # CDS Hooks: selections reference resources in draftOrders
+        raise RequestError(f"'context.selections' names {unknown[0]!r}, which is not in context.draftOrders",
+                           "context.selections")
     for resource, where in _service_requests(entries):  # the others are read too (for context): typed alike
         check_read_elements(resource, where)
     chosen = [OrderSource(r, where, True) for r, where in _service_requests(entries) if _reference(r) in selected]
@@ -432,10 +437,18 @@ def _order_problem(resource: dict[str, Any]) -> tuple[str, str] | None:
                        (".occurrenceTiming.repeat.boundsPeriod", repeat.get("boundsPeriod") if isinstance(repeat, dict)
                         else None)):
         if isinstance(period, dict) and isinstance(period.get("start"), str) and isinstance(period.get("end"), str):
-            with contextlib.suppress(ValueError):  # an unreadable date is fhir.resources' to word
-                if day_range(period["start"])[0] > day_range(period["end"])[1]:
+            with contextlib.suppress(ValueError, TypeError):  # an unreadable date is fhir.resources' to word
+                if _after(period["start"], period["end"]):
                     return at, f"starts ({period['start']}) after it ends ({period['end']})"
     return None
+
+
+def _after(start: str, end: str) -> bool:
+    """FHIR per-1 broken: instants compared where both have a time with its zone, else calendar days
+    (a start day after the end's last day)."""
+    if "T" in start and "T" in end:
+        return datetime.fromisoformat(start.replace("Z", "+00:00")) > datetime.fromisoformat(end.replace("Z", "+00:00"))
+    return day_range(start)[0] > day_range(end)[1]
 
 
 # ---------------------------------------------------------------- orders
@@ -591,6 +604,7 @@ def coverage_records(coverages: list[dict[str, Any]], context_resources: Iterabl
     organizations = {f"Organization/{r['id']}": r for r in (*context_resources, *coverages)
                      if r.get("resourceType") == "Organization" and isinstance(r.get("id"), str)}
     records = []
+    seen: dict[str, dict[str, Any]] = {}
     for coverage in coverages:
         rid = coverage.get("id")
         if not isinstance(rid, str) or not rid.strip():
@@ -598,7 +612,14 @@ def coverage_records(coverages: list[dict[str, Any]], context_resources: Iterabl
         if not FHIR_ID.fullmatch(rid.strip()):
             raise RequestError(f"Coverage id {rid[:70]!r} is not a FHIR id ([A-Za-z0-9-.], at most 64)",
                                "prefetch.coverage")
-        records.append(_coverage_record(coverage, f"Coverage/{rid.strip()}", organizations))
+        reference = f"Coverage/{rid.strip()}"
+        if reference in seen:  # the same Coverage found twice (prefetch and a search, say) is one Coverage
+            if seen[reference] != coverage:
+                raise RequestError(f"Two different versions of {reference} were given; a Coverage is one resource",
+                                   "prefetch.coverage")
+            continue
+        seen[reference] = coverage
+        records.append(_coverage_record(coverage, reference, organizations))
     return tuple(records)
 
 

@@ -109,3 +109,38 @@ def test_at_most_8_coverages_of_ours_are_answered_for_when_none_is_marked_primar
     assert resp.status_code == 400 and "answers for at most 8" in resp.text
     ordered = tuple(coverage(f"cov-{i}", order=i + 1) for i in range(9))  # a primary: answered as usual
     assert len(coverage_info(cds.call(hook_request(service_request("0530U", "2025-03-03"), coverages=ordered)))) == 1
+
+
+def test_the_same_coverage_given_twice_is_one_coverage_and_two_versions_of_it_a_400(cds: LiveService) -> None:
+    """Two entries for one Coverage gave one order two verdicts for it, under two assertion ids (Inferno:
+    entries for the same coverage carry the same coverage-assertion-id)."""
+    order = service_request("0530U", "2025-03-03")
+    body = cds.call(hook_request(order, coverages=(coverage("c0"), coverage("c0"))))
+    assert [i["coverage"]["valueReference"]["reference"] for i in coverage_info(body)] == ["Coverage/c0"]
+    fep = coverage("c0", plan="FEP Blue Standard")
+    resp = cds.http.post(cds.url(f"/cds-services/{SIGN}"), json=hook_request(order, coverages=(coverage("c0"), fep)),
+                         timeout=10)
+    assert resp.status_code == 400 and "Two different versions of Coverage/c0" in resp.text
+
+
+@pytest.mark.parametrize(("start", "end"), [("2025-03-03T10:00:00Z", "2025-03-03T09:00:00Z"),
+                                            ("2025-03-03T23:00:00-05:00", "2025-03-04T01:00:00+10:00")])
+def test_a_period_inverted_within_a_day_or_across_zones_is_a_400(cds: LiveService, start: str, end: str) -> None:
+    order = service_request("0530U", None)
+    order["occurrencePeriod"] = {"start": start, "end": end}
+    resp = cds.http.post(cds.url(f"/cds-services/{SIGN}"), json=hook_request(order), timeout=10)
+    assert resp.status_code == 400 and "after it ends" in resp.text
+
+
+def test_a_period_within_one_day_in_order_is_judged(cds: LiveService) -> None:
+    order = service_request("0530U", None)
+    order["occurrencePeriod"] = {"start": "2025-03-03T09:00:00-05:00", "end": "2025-03-03T10:00:00-05:00"}
+    assert coverage_info(cds.call(hook_request(order)))[0]["covered"]["valueCode"] == "not-covered"
+
+
+@pytest.mark.parametrize("selection", ["ServiceRequest/nope", "sr-1"])
+def test_a_selection_that_is_not_a_draft_order_is_a_400(cds: LiveService, selection: str) -> None:
+    request = hook_request(service_request("0530U", "2025-03-03"), hook="order-select", selections=[selection])
+    resp = cds.http.post(cds.url("/cds-services/liquid-biopsy-order-select"), json=request, timeout=10)
+    assert resp.status_code == 400 and "not in context.draftOrders" in resp.text
+    assert resp.json()["issue"][0]["expression"] == ["context.selections"]
