@@ -146,11 +146,6 @@ def order_select_context(request: HookRequest) -> HookRequest:
     if not (isinstance(selections, list) and selections and all(isinstance(s, str) for s in selections)):
         raise RequestError("'context.selections' must be a non-empty list of references", "context.selections")
     selected = {_local(s) for s in selections}  # relative, absolute or versioned: the same order
-    drafts = {_reference(e["resource"]) for e in entries
-              if isinstance(e, dict) and isinstance(e.get("resource"), dict) and identified(e["resource"])}
-    if unknown := sorted(selected - drafts):  # CDS Hooks: selections reference resources in draftOrders
-        raise RequestError(f"'context.selections' names {unknown[0]!r}, which is not in context.draftOrders",
-                           "context.selections")
     for resource, where in _service_requests(entries):  # the others are read too (for context): typed alike
         check_read_elements(resource, where)
     chosen = [OrderSource(r, where, True) for r, where in _service_requests(entries) if _reference(r) in selected]
