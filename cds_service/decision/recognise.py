@@ -25,7 +25,7 @@ from cds_service.knowledge.model import CatalogueTest, Knowledge
 
 # CPT (5 digits), PLA (4 digits + U), Category III (4 digits + T), HCPCS Level II (letter + 4 digits)
 _CODE_IN_TEXT = re.compile(r"(?<![A-Za-z0-9])(\d{4}[UuTt]|\d{5}|[A-Va-v]\d{4})(?![A-Za-z0-9])")
-# A CPT/HCPCS code with a two-character modifier appended (0530U-90, 81479 59)
+# A CPT/HCPCS code with a two-character modifier appended (0001U-90, 81479 59)
 _WITH_MODIFIER = re.compile(r"^(\d{4}[UT]|\d{5}|[A-V]\d{4})[- ][A-Z0-9]{2}$")
 
 
@@ -59,7 +59,7 @@ def procedure_codes(order: Order, knowledge: Knowledge) -> list[tuple[str, str]]
     """(code, via) of every procedure code the order carries: codings first, then its text."""
     found: list[tuple[str, str]] = []
     for system, code, _display in order.codings:
-        code = _WITH_MODIFIER.sub(r"\1", code)  # 0530U-90: the code billed with a modifier is the code
+        code = _WITH_MODIFIER.sub(r"\1", code)  # a code billed with a modifier is the code
         if system in knowledge.procedure_systems or (not system and _CODE_IN_TEXT.fullmatch(code)):
             found.append((code, "code"))
     for match in _CODE_IN_TEXT.finditer(order.text):
