@@ -503,7 +503,7 @@ def to_order(source: OrderSource, knowledge: Knowledge, today: date, conditions:
                          if c.get("system") == knowledge.purpose_system and c.get("code"))
     held = tuple(h for ext in extensions_on(resource) if (h := held_assertion(ext)) is not None)
     return Order(
-        reference=source.reference, codings=coded, text=text, name_parts=len(names),
+        reference=source.reference, codings=coded, text=text, name=" | ".join(names),
         window=date_window(resource, today),
         diagnoses=diagnoses, purposes=purposes, status=str(resource.get("status") or ""),
         intent=str(resource.get("intent") or ""), do_not_perform=resource.get("doNotPerform") is True,

@@ -57,7 +57,7 @@ class Order:
     do_not_perform: bool
     draft: bool  # a draft order of this ordering session (a suggestion may remove it)
     has_code_text: bool = False  # the text begins with code.text, the order's own name for the test
-    name_parts: int = 0  # how many of text's " | " parts name the test itself (code.text, coding displays)
+    name: str = ""  # the order's own name for the test: code.text and coding displays (the start of text)
     held: tuple[tuple[str, str, bytes], ...] = ()  # coverage-information it carries: (coverage, id, verdict)
     # The ServiceRequest's JSON; once the order is judged and validated, in the form it is echoed (pruned).
     resource: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)

@@ -35,8 +35,8 @@ def recognise(order: Order, knowledge: Knowledge) -> Recognition:
         return by_code
     text = normalise(order.text)
     lexicon = knowledge.lexicon
-    own_name = normalise(" | ".join(order.text.split(" | ")[:order.name_parts]))
-    for where in dict.fromkeys((own_name, text)):  # the order's name for the test before one its details mention
+    # the order's own name for the test before a test its details mention
+    for where in dict.fromkeys((normalise(order.name), text)):
         if (name := lexicon.test_names.find(where) or lexicon.test_kind_names.find(where)) is not None:
             test = lexicon.test_by_name[name]
             return _of_test(test, _billing_code(test, knowledge), "name", name)
