@@ -348,7 +348,7 @@ def _digest(text: str) -> str:
 def _subject_key(iss: str, patient: str, order: Order, coverage: str) -> str | None:
     """Which order of which patient under which Coverage a verdict is about, as one hash (no identifiers kept);
     None for an order without an id, which no later call can name: its verdicts are never looked up again."""
-    if "/" not in order.reference:  # known only by its place in this request (OrderSource.reference)
+    if not order.named:
         return None
     return _digest(f"{iss}\n{patient}\n{order.reference}\n{coverage}")
 

@@ -98,7 +98,7 @@ def _order_cards(j: OrderJudgement, knowledge: Knowledge, ctx: Context,
         if template in WARNINGS:
             card["overrideReasons"] = [c.as_fhir() for c in knowledge.override_reasons]
         yield template, card
-        if template in WARNINGS and j.order.draft and "/" in j.order.reference:
+        if template in WARNINGS and j.order.draft and j.order.named:
             yield "remove-order", _remove_order_card(j, knowledge, options, values)
     shown: set[tuple[str, str]] = set()
     for v in j.verdicts:

@@ -66,6 +66,12 @@ class Order:
     def diagnosis_categories(self) -> frozenset[str]:
         return frozenset(d.category for d in self.diagnoses)
 
+    @property
+    def named(self) -> bool:
+        """It has an id, so a suggestion or a later call can refer to it (an order without one is known
+        only by its place in this request, which has no '/')."""
+        return "/" in self.reference
+
 
 # ---------------------------------------------------------------- coverage
 
