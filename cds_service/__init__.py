@@ -15,11 +15,11 @@ from flask_cors import CORS
 from cds_service.auth import KeyFetcher, TokenVerifier, load_trusted_issuers
 from cds_service.config import database_url, load_settings
 from cds_service.fhir_client import FhirClient
-from cds_service.knowledge import load_knowledge
+from cds_service.knowledge import KnowledgeError, load_knowledge
 from cds_service.knowledge.loader import VALIDATED_KNOWLEDGE, with_deployment_payers
 from cds_service.pipeline import FhirAccess, Pipeline, utc_today
 from cds_service.services import declarations
-from cds_service.store import Store, make_engine, upgrade_schema
+from cds_service.store import SchemaOutOfDate, Store, make_engine, upgrade_schema
 from cds_service.web.body_reader import BodyReader
 
 
@@ -48,11 +48,17 @@ def freeze_loaded_objects() -> None:
     gc.freeze()
 
 
+# What create_app raises for something an operator fixes (an artifact, a setting, the database's schema):
+# every way of starting the service says it in one line instead of a traceback.
+START_UP_ERRORS = (KnowledgeError, ValueError, SchemaOutOfDate)
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings, knowledge (loaded and checked once), store, blueprints.
 
     A broken knowledge artifact raises ``KnowledgeError`` here, so the service never starts with it;
-    a bad setting or trusted-issuers file raises ``ValueError``.
+    a bad setting or trusted-issuers file raises ``ValueError``; a database not migrated, ``SchemaOutOfDate``
+    (all three: START_UP_ERRORS).
     """
     app = _Flask(__name__, instance_relative_config=True, static_folder=None)
     settings = load_settings(config)

@@ -13,17 +13,16 @@ import orjson
 from cds_service.knowledge import DEFAULT_DIR, KnowledgeError
 from cds_service.observability import configure_logging
 from cds_service.security import unauthenticated_bind_problem
-from cds_service.store import SchemaOutOfDate
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from werkzeug.serving import run_simple
 
-    from cds_service import create_app, freeze_loaded_objects
+    from cds_service import START_UP_ERRORS, create_app, freeze_loaded_objects
 
     try:
         app = create_app()
-    except (KnowledgeError, ValueError, SchemaOutOfDate) as exc:
+    except START_UP_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     problem = unauthenticated_bind_problem([f"{args.host}:{args.port}"], app.config, args.allow_unauthenticated)
@@ -37,7 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cds_service import create_app
+    from cds_service import START_UP_ERRORS, create_app
 
     try:
         text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text(encoding="utf-8")
@@ -51,7 +50,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 1
     try:
         app = create_app({"TRUSTED_ISSUERS": ""})  # a local command: no client JWT to check
-    except (KnowledgeError, ValueError, SchemaOutOfDate) as exc:
+    except START_UP_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     services = app.extensions["cds_pipeline"].services

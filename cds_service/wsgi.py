@@ -2,15 +2,13 @@
 
 import os
 
-from cds_service import create_app, freeze_loaded_objects
-from cds_service.knowledge import KnowledgeError
+from cds_service import START_UP_ERRORS, create_app, freeze_loaded_objects
 from cds_service.observability import configure_logging
-from cds_service.store import SchemaOutOfDate
 
 configure_logging()
 try:
     app = create_app()
-except (KnowledgeError, ValueError, SchemaOutOfDate) as exc:  # a setting, artifact or database to fix: say which
+except START_UP_ERRORS as exc:  # a setting, artifact or database to fix: say which
     raise SystemExit(f"error: {exc}") from None
 freeze_loaded_objects()
 
